@@ -1,0 +1,90 @@
+/// @file config.hpp
+/// @brief Version, index and matrix aliases, error types and the checking macros of headalign.
+#ifndef HEADALIGN_CONFIG_HPP
+#define HEADALIGN_CONFIG_HPP
+
+#include <Eigen/Core>
+
+#include <sstream>
+#include <stdexcept>
+#include <string>
+
+#define HEADALIGN_VERSION_MAJOR 0
+#define HEADALIGN_VERSION_MINOR 1
+#define HEADALIGN_VERSION_PATCH 0
+#define HEADALIGN_VERSION_STRING "0.1.0"
+
+namespace headalign {
+
+/// Index type of every size and position (Eigen's signed index).
+using Index = Eigen::Index;
+
+/// Dense column-major matrix of scalar @p S.
+template <class S>
+using Matrix = Eigen::Matrix<S, Eigen::Dynamic, Eigen::Dynamic>;
+
+/// Dense column vector of scalar @p S.
+template <class S>
+using Vector = Eigen::Matrix<S, Eigen::Dynamic, 1>;
+
+/// @brief Misuse of the API: shapes, divisibility, non-finite values, empty data, bad options.
+class invalid_argument : public std::invalid_argument {
+ public:
+  using std::invalid_argument::invalid_argument;
+};
+
+/// @brief A file could not be read or written, or its content is malformed.
+class io_error : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+/// @brief Outcome of an iterative computation (as Spectra's CompInfo).
+enum class CompInfo {
+  Successful,      ///< converged to the requested tolerance
+  NotComputed,     ///< nothing was computed yet
+  NotConverging,   ///< the iteration limit was reached first
+  NumericalIssue   ///< a breakdown (non-finite intermediate) occurred
+};
+
+namespace detail {
+
+[[noreturn]] inline void throw_invalid_argument(const std::string& message) {
+  throw ::headalign::invalid_argument("headalign: " + message);
+}
+
+[[noreturn]] inline void throw_io_error(const std::string& message) {
+  throw ::headalign::io_error("headalign: " + message);
+}
+
+/// Throws when @p m holds a NaN or an infinity; @p what names the argument.
+template <class Derived>
+void check_finite(const Eigen::DenseBase<Derived>& m, const char* what) {
+  if (!m.derived().allFinite()) {
+    throw_invalid_argument(std::string(what) + " contains NaN or Inf");
+  }
+}
+
+}  // namespace detail
+}  // namespace headalign
+
+/// Always-on argument check: throws headalign::invalid_argument with the streamed message.
+/// Usage: HEADALIGN_CHECK(h % g == 0, "num_heads (" << h << ") is not divisible by num_groups (" << g << ")");
+#define HEADALIGN_CHECK(cond, msg)                                   \
+  do {                                                               \
+    if (!(cond)) {                                                   \
+      std::ostringstream headalign_check_os;                         \
+      headalign_check_os << msg;                                     \
+      ::headalign::detail::throw_invalid_argument(headalign_check_os.str()); \
+    }                                                                \
+  } while (false)
+
+/// Internal invariant, compiled out under NDEBUG.
+#ifdef NDEBUG
+#define HEADALIGN_ASSERT(cond) ((void)0)
+#else
+#include <cassert>
+#define HEADALIGN_ASSERT(cond) assert(cond)
+#endif
+
+#endif  // HEADALIGN_CONFIG_HPP

@@ -1,0 +1,361 @@
+/// @file procrustes.hpp
+/// @brief Orthogonal Procrustes problems: the alignment of one attention head onto another.
+///
+/// Every solver here maximises \f$ \mathrm{tr}(R^\top M) \f$ over the set of matrices R that an
+/// `Alignment` allows. With \f$ M = A^\top B \f$ this is \f$ \arg\min_R \|A R - B\|_F \f$, the
+/// alignment of head activations A onto B (Sec. 3.2 of arXiv 2412.20677). For the full orthogonal
+/// group the answer is the polar factor \f$ R = U V^\top \f$ of \f$ M = U \Sigma V^\top \f$ with
+/// score \f$ \|M\|_* = \sum_i \sigma_i \f$ (Schönemann 1966).
+#ifndef HEADALIGN_PROCRUSTES_HPP
+#define HEADALIGN_PROCRUSTES_HPP
+
+#include "config.hpp"
+#include "rope.hpp"
+
+#include <Eigen/LU>
+#include <Eigen/SVD>
+
+#include <cmath>
+#include <type_traits>
+
+#ifdef HEADALIGN_USE_LAPACKE
+#include <lapacke.h>
+#endif
+
+namespace headalign {
+
+/// @brief The set of transforms a head may be aligned with.
+enum class Alignment {
+  None,        ///< identity only: the plain mean-pool GQA baseline
+  Orthogonal,  ///< any orthogonal R (values, outputs, keys of models without RoPE)
+  Rotation,    ///< orthogonal with det R = +1
+  Rope         ///< one 2×2 rotation per RoPE plane (commutes with RoPE); any orthogonal R on non-rotary dims
+};
+
+/// @brief How the polar factor \f$ U V^\top \f$ of a square matrix is computed.
+enum class PolarMethod {
+  Auto,       ///< Gesdd when LAPACKE is available, otherwise Newton (the fastest measured; see README)
+  JacobiSvd,  ///< Eigen::JacobiSVD (two-sided Jacobi: most accurate, slowest)
+  BdcSvd,     ///< Eigen::BDCSVD (divide and conquer)
+  Gesdd,      ///< LAPACK ?gesdd through LAPACKE (needs HEADALIGN_USE_LAPACKE, else falls back to BdcSvd)
+  Newton      ///< scaled Newton iteration X ← (ζX + ζ⁻¹X⁻ᵀ)/2; falls back to an SVD when M is ill-conditioned
+};
+
+/// @brief Options of the Procrustes solvers.
+struct ProcrustesOptions {
+  PolarMethod method = PolarMethod::Auto;
+};
+
+/// @brief Solution of a Procrustes problem: the transform and its score \f$ \mathrm{tr}(R^\top M) \f$.
+template <class S>
+struct ProcrustesResult {
+  Matrix<S> rotation;
+  S score;
+};
+
+namespace detail {
+
+/// True when the polar factor / singular values are computed by LAPACK for scalar S.
+template <class S>
+constexpr bool lapack_scalar() {
+#ifdef HEADALIGN_USE_LAPACKE
+  return std::is_same<S, float>::value || std::is_same<S, double>::value;
+#else
+  return false;
+#endif
+}
+
+inline PolarMethod resolve_method(PolarMethod m, bool lapack_ok) {
+  if (m == PolarMethod::Auto) return lapack_ok ? PolarMethod::Gesdd : PolarMethod::Newton;
+  if (m == PolarMethod::Gesdd && !lapack_ok) return PolarMethod::BdcSvd;
+  return m;
+}
+
+#ifdef HEADALIGN_USE_LAPACKE
+inline lapack_int gesdd(char jobz, lapack_int n, float* a, float* s, float* u, float* vt) {
+  return LAPACKE_sgesdd(LAPACK_COL_MAJOR, jobz, n, n, a, n, s, u, n, vt, n);
+}
+inline lapack_int gesdd(char jobz, lapack_int n, double* a, double* s, double* u, double* vt) {
+  return LAPACKE_dgesdd(LAPACK_COL_MAJOR, jobz, n, n, a, n, s, u, n, vt, n);
+}
+#endif
+
+/// Full SVD M = U diag(sigma) Vᵀ of a square matrix, sigma descending.
+template <class S>
+void svd(const Matrix<S>& m, PolarMethod method, Matrix<S>& u, Vector<S>& sigma, Matrix<S>& v) {
+#ifdef HEADALIGN_USE_LAPACKE
+  if constexpr (lapack_scalar<S>()) {
+    if (method == PolarMethod::Gesdd) {
+      const Index n = m.rows();
+      Matrix<S> a = m, vt(n, n);
+      u.resize(n, n);
+      sigma.resize(n);
+      if (gesdd('A', static_cast<lapack_int>(n), a.data(), sigma.data(), u.data(), vt.data()) == 0) {
+        v = vt.transpose();
+        return;
+      }
+      // gesdd did not converge (info > 0): fall through to the Jacobi SVD, which always does.
+      method = PolarMethod::JacobiSvd;
+    }
+  }
+#endif
+  if (method == PolarMethod::JacobiSvd) {
+    Eigen::JacobiSVD<Matrix<S>> solver(m, Eigen::ComputeFullU | Eigen::ComputeFullV);
+    u = solver.matrixU();
+    v = solver.matrixV();
+    sigma = solver.singularValues();
+  } else {
+    Eigen::BDCSVD<Matrix<S>> solver(m, Eigen::ComputeFullU | Eigen::ComputeFullV);
+    u = solver.matrixU();
+    v = solver.matrixV();
+    sigma = solver.singularValues();
+  }
+}
+
+/// Singular values of a square matrix only (no vectors), descending.
+template <class S>
+Vector<S> singular_values(const Matrix<S>& m, PolarMethod method) {
+#ifdef HEADALIGN_USE_LAPACKE
+  if constexpr (lapack_scalar<S>()) {
+    if (method == PolarMethod::Gesdd) {
+      const Index n = m.rows();
+      Matrix<S> a = m;
+      Vector<S> sigma(n);
+      S dummy = 0;
+      if (gesdd('N', static_cast<lapack_int>(n), a.data(), sigma.data(), &dummy, &dummy) == 0) return sigma;
+      method = PolarMethod::JacobiSvd;
+    }
+  }
+#endif
+  if (method == PolarMethod::JacobiSvd) return Eigen::JacobiSVD<Matrix<S>>(m).singularValues();
+  return Eigen::BDCSVD<Matrix<S>>(m).singularValues();
+}
+
+/// Sign (−1, 0, +1) of det(M) from an LU factorisation, without forming the (over/underflowing) product.
+template <class S>
+int det_sign(const Matrix<S>& m) {
+  if (m.size() == 0) return 1;
+  Eigen::PartialPivLU<Matrix<S>> lu(m);
+  int sign = static_cast<int>(lu.permutationP().determinant());
+  const auto& f = lu.matrixLU();
+  for (Index i = 0; i < f.rows(); ++i) {
+    if (f(i, i) == S(0)) return 0;
+    if (f(i, i) < S(0)) sign = -sign;
+  }
+  return sign;
+}
+
+/// Scaled Newton iteration for the polar factor of a nonsingular M (Higham, "Functions of
+/// Matrices", Alg. 8.20, (1,∞)-norm scaling). Returns false when M is too ill-conditioned for
+/// the iteration to be accurate (reciprocal condition estimate below √ε) or it fails to converge;
+/// the caller then uses an SVD.
+template <class S>
+bool newton_polar(const Matrix<S>& m, Matrix<S>& r, int& det_sign_out) {
+  using std::abs;
+  using std::pow;
+  using std::sqrt;
+  const S eps = Eigen::NumTraits<S>::epsilon();
+  const Index n = m.rows();
+  Matrix<S> x = m, xinv(n, n);
+  bool scaling = true;
+  for (int it = 0; it < 40; ++it) {
+    Eigen::PartialPivLU<Matrix<S>> lu(x);
+    if (it == 0) {
+      // Accuracy of the iteration degrades like κ(M)·ε; near-singular M goes to the SVD.
+      if (!(lu.rcond() > sqrt(eps))) return false;
+      int sign = static_cast<int>(lu.permutationP().determinant());
+      for (Index i = 0; i < n; ++i) sign = lu.matrixLU()(i, i) < S(0) ? -sign : sign;
+      det_sign_out = sign;
+    }
+    xinv = lu.inverse();
+    S zeta = 1;
+    if (scaling) {
+      const S num = xinv.cwiseAbs().colwise().sum().maxCoeff() * xinv.cwiseAbs().rowwise().sum().maxCoeff();
+      const S den = x.cwiseAbs().colwise().sum().maxCoeff() * x.cwiseAbs().rowwise().sum().maxCoeff();
+      zeta = pow(num / den, S(0.25));
+      if (!std::isfinite(static_cast<double>(zeta)) || zeta <= S(0)) return false;
+    }
+    Matrix<S> next = S(0.5) * (zeta * x + xinv.transpose() / zeta);
+    const S delta = (next - x).norm() / next.norm();
+    x.swap(next);
+    if (!x.allFinite()) return false;
+    // Scaling only helps far from convergence (Higham: switch it off once δ < 1e-2).
+    if (delta < S(1e-2)) scaling = false;
+    // Quadratic convergence: once δ ≤ √(nε) the next step is accurate to about nε; stop after it.
+    if (delta <= S(10) * static_cast<S>(n) * eps) {
+      r = x;
+      return true;
+    }
+    if (delta <= sqrt(static_cast<S>(n) * eps)) {
+      lu.compute(x);
+      r = S(0.5) * (x + lu.inverse().transpose());
+      return r.allFinite();
+    }
+  }
+  return false;
+}
+
+/// Polar factor of M (optionally restricted to det = +1) and its score tr(Rᵀ M).
+template <class S>
+ProcrustesResult<S> polar(const Matrix<S>& m, bool proper_rotation, PolarMethod method) {
+  const Index n = m.rows();
+  ProcrustesResult<S> result{Matrix<S>::Identity(n, n), S(0)};
+  if (n == 0) return result;
+  method = resolve_method(method, lapack_scalar<S>());
+  if (method == PolarMethod::Newton) {
+    int sign = 1;
+    Matrix<S> r;
+    if (newton_polar(m, r, sign) && (!proper_rotation || sign > 0)) {
+      result.score = r.cwiseProduct(m).sum();
+      result.rotation = std::move(r);
+      return result;
+    }
+    method = lapack_scalar<S>() ? PolarMethod::Gesdd : PolarMethod::BdcSvd;
+  }
+  Matrix<S> u, v;
+  Vector<S> sigma;
+  svd(m, method, u, sigma, v);
+  S score = sigma.sum();
+  if (proper_rotation && det_sign(u) * det_sign(v) < 0) {
+    // The best rotation flips the direction of the smallest singular value (Umeyama 1991).
+    u.col(n - 1) = -u.col(n - 1);
+    score -= S(2) * sigma(n - 1);
+  }
+  result.rotation.noalias() = u * v.transpose();
+  result.score = score;
+  return result;
+}
+
+template <class Derived>
+Matrix<typename Derived::Scalar> checked_square(const Eigen::MatrixBase<Derived>& m, const char* what) {
+  using S = typename Derived::Scalar;
+  static_assert(std::is_floating_point<S>::value, "headalign: Procrustes needs a floating-point scalar");
+  HEADALIGN_CHECK(m.rows() == m.cols(),
+                  what << " must be square (d × d), got " << m.rows() << " × " << m.cols());
+  Matrix<S> out = m;
+  check_finite(out, what);
+  return out;
+}
+
+}  // namespace detail
+
+/// @brief The transform R of the set that @p alignment allows maximising \f$ \mathrm{tr}(R^\top M) \f$.
+///
+/// - `None`: R = I, score = tr M.
+/// - `Orthogonal`: R = U Vᵀ, score = Σσ (Eq. (4) of arXiv 2412.20677 solved by SVD).
+/// - `Rotation`: as Orthogonal, with U's last column negated when det(U Vᵀ) < 0; score = Σσ − 2σ_min then.
+/// - `Rope`: per RoPE plane (a, b) with \f$ m = M_{\{a,b\},\{a,b\}} \f$, the 2×2 rotation by
+///   \f$ θ = \mathrm{atan2}(m_{10} - m_{01}, m_{00} + m_{11}) \f$, score
+///   \f$ \sum_p \mathrm{hypot}(m_{00}+m_{11}, m_{10}-m_{01}) \f$; non-rotary dimensions get the
+///   orthogonal Procrustes solution of their block. Such R commute with RoPE, so
+///   RoPE_m(Rᵀq)·RoPE_n(Rᵀk) = RoPE_m(q)·RoPE_n(k).
+///
+/// With M = Aᵀ B (A, B: n × d activations of two heads) the result aligns A onto B: A R ≈ B.
+/// @param m square d × d matrix (typically a cross-Gram block \f$ X_i^\top X_j \f$)
+/// @param alignment the feasible set
+/// @param rope pairing and rotary dimensions (only for `Alignment::Rope`)
+/// @param options polar method
+/// @throws invalid_argument for non-square or non-finite M, or an invalid RopeSpec
+template <class Derived>
+ProcrustesResult<typename Derived::Scalar> procrustes(const Eigen::MatrixBase<Derived>& m,
+                                                      Alignment alignment = Alignment::Orthogonal,
+                                                      RopeSpec rope = {}, ProcrustesOptions options = {}) {
+  using S = typename Derived::Scalar;
+  const Matrix<S> mm = detail::checked_square(m, "Procrustes matrix M");
+  const Index d = mm.rows();
+  switch (alignment) {
+    case Alignment::None:
+      return {Matrix<S>::Identity(d, d), mm.trace()};
+    case Alignment::Orthogonal:
+      return detail::polar(mm, false, options.method);
+    case Alignment::Rotation:
+      return detail::polar(mm, true, options.method);
+    case Alignment::Rope:
+      break;
+  }
+  const Index r = rotary_dims(rope, d);
+  ProcrustesResult<S> result{Matrix<S>::Identity(d, d), S(0)};
+  for (const auto& plane : rope_planes(rope, d)) {
+    const Index a = plane.first, b = plane.second;
+    const S c0 = mm(a, a) + mm(b, b), s0 = mm(b, a) - mm(a, b);
+    const S h = std::hypot(c0, s0);
+    const S c = h > S(0) ? c0 / h : S(1), s = h > S(0) ? s0 / h : S(0);
+    result.rotation(a, a) = c;
+    result.rotation(a, b) = -s;
+    result.rotation(b, a) = s;
+    result.rotation(b, b) = c;
+    result.score += h;
+  }
+  if (r < d) {
+    auto rest = detail::polar<S>(mm.bottomRightCorner(d - r, d - r), false, options.method);
+    result.rotation.bottomRightCorner(d - r, d - r) = rest.rotation;
+    result.score += rest.score;
+  }
+  return result;
+}
+
+/// @brief The optimal score \f$ \max_R \mathrm{tr}(R^\top M) \f$ of procrustes() without forming R.
+///
+/// Orthogonal: the nuclear norm Σσ (singular values only). Rotation: Σσ, minus 2σ_min when
+/// det M < 0 (det(UVᵀ) has the sign of det M). Rope: Σ_p hypot(m00+m11, m10−m01) plus the
+/// nuclear norm of the non-rotary block. None: tr M.
+/// @throws invalid_argument as procrustes()
+template <class Derived>
+typename Derived::Scalar procrustes_score(const Eigen::MatrixBase<Derived>& m, Alignment alignment,
+                                          RopeSpec rope = {}, ProcrustesOptions options = {}) {
+  using S = typename Derived::Scalar;
+  const Matrix<S> mm = detail::checked_square(m, "Procrustes matrix M");
+  const Index d = mm.rows();
+  if (d == 0) return S(0);
+  const PolarMethod method = detail::resolve_method(
+      options.method == PolarMethod::Newton || options.method == PolarMethod::Auto
+          ? (detail::lapack_scalar<S>() ? PolarMethod::Gesdd : PolarMethod::BdcSvd)
+          : options.method,
+      detail::lapack_scalar<S>());
+  switch (alignment) {
+    case Alignment::None:
+      return mm.trace();
+    case Alignment::Orthogonal:
+      return detail::singular_values(mm, method).sum();
+    case Alignment::Rotation: {
+      const Vector<S> sigma = detail::singular_values(mm, method);
+      return detail::det_sign(mm) < 0 ? sigma.sum() - S(2) * sigma(d - 1) : sigma.sum();
+    }
+    case Alignment::Rope:
+      break;
+  }
+  const Index r = rotary_dims(rope, d);
+  S score = 0;
+  for (const auto& plane : rope_planes(rope, d)) {
+    const Index a = plane.first, b = plane.second;
+    score += std::hypot(mm(a, a) + mm(b, b), mm(b, a) - mm(a, b));
+  }
+  if (r < d) score += detail::singular_values<S>(mm.bottomRightCorner(d - r, d - r), method).sum();
+  return score;
+}
+
+/// @brief SciPy's `orthogonal_procrustes(A, B)`: R = argmin ‖A R − B‖_F over orthogonal R.
+///
+/// R = U Vᵀ from the SVD of \f$ A^\top B \f$; score ("scale" in SciPy) = Σσ(AᵀB).
+/// @param a n × d
+/// @param b n × d
+/// @throws invalid_argument when the shapes differ, are empty, or hold NaN/Inf
+template <class DA, class DB>
+ProcrustesResult<typename DA::Scalar> orthogonal_procrustes(const Eigen::MatrixBase<DA>& a,
+                                                            const Eigen::MatrixBase<DB>& b,
+                                                            ProcrustesOptions options = {}) {
+  using S = typename DA::Scalar;
+  static_assert(std::is_same<S, typename DB::Scalar>::value, "headalign: A and B need the same scalar type");
+  HEADALIGN_CHECK(a.rows() == b.rows() && a.cols() == b.cols(),
+                  "orthogonal_procrustes: A (" << a.rows() << " × " << a.cols() << ") and B (" << b.rows()
+                                               << " × " << b.cols() << ") must have the same shape");
+  HEADALIGN_CHECK(a.size() > 0, "orthogonal_procrustes: A and B are empty");
+  detail::check_finite(a, "orthogonal_procrustes: A");
+  detail::check_finite(b, "orthogonal_procrustes: B");
+  const Matrix<S> m = a.transpose() * b;
+  return procrustes(m, Alignment::Orthogonal, {}, options);
+}
+
+}  // namespace headalign
+
+#endif  // HEADALIGN_PROCRUSTES_HPP
