@@ -20,8 +20,11 @@ using headalign::test::tol;
 
 namespace {
 
-const PolarMethod kMethods[] = {PolarMethod::Auto, PolarMethod::JacobiSvd, PolarMethod::BdcSvd,
-                                PolarMethod::Gesdd, PolarMethod::Newton};
+const PolarMethod kMethods[] = {PolarMethod::Auto, PolarMethod::JacobiSvd, PolarMethod::Gesdd, PolarMethod::Newton,
+#if HEADALIGN_HAS_BDCSVD
+                                PolarMethod::BdcSvd
+#endif
+};
 
 template <class S>
 S trace_score(const Matrix<S>& r, const Matrix<S>& m) {
@@ -277,6 +280,10 @@ TEST_CASE("bad input throws invalid_argument naming the values", "[procrustes][e
   REQUIRE_THROWS_WITH(procrustes(Matrix<double>::Identity(8, 8).eval(), Alignment::Rope, RopeSpec{{}, 10}),
                       Catch::Contains("rotary_dims (10)"));
   REQUIRE_NOTHROW(procrustes(odd, Alignment::Rope, RopeSpec{{}, 4}));  // partial rotary on odd d is fine
+#if !HEADALIGN_HAS_BDCSVD
+  REQUIRE_THROWS_WITH(procrustes(odd, Alignment::Orthogonal, {}, {PolarMethod::BdcSvd}),
+                      Catch::Contains("HEADALIGN_ENABLE_BDCSVD"));
+#endif
   const Matrix<double> a = Matrix<double>::Ones(5, 3), b = Matrix<double>::Ones(4, 3);
   REQUIRE_THROWS_WITH(orthogonal_procrustes(a, b), Catch::Contains("5 × 3") && Catch::Contains("4 × 3"));
 }

@@ -22,6 +22,15 @@
 #include <lapacke.h>
 #endif
 
+// Eigen's BDCSVD adds about a minute of compile time per translation unit and scalar type (g++ 12,
+// -O2), for a solver that is slower than gesdd and than the Newton iteration at head sizes; it is
+// compiled only on request.
+#ifdef HEADALIGN_ENABLE_BDCSVD
+#define HEADALIGN_HAS_BDCSVD 1
+#else
+#define HEADALIGN_HAS_BDCSVD 0
+#endif
+
 namespace headalign {
 
 /// @brief The set of transforms a head may be aligned with.
@@ -36,8 +45,8 @@ enum class Alignment {
 enum class PolarMethod {
   Auto,       ///< Gesdd when LAPACKE is available, otherwise Newton (the fastest measured; see README)
   JacobiSvd,  ///< Eigen::JacobiSVD (two-sided Jacobi: most accurate, slowest)
-  BdcSvd,     ///< Eigen::BDCSVD (divide and conquer)
-  Gesdd,      ///< LAPACK ?gesdd through LAPACKE (needs HEADALIGN_USE_LAPACKE, else falls back to BdcSvd)
+  BdcSvd,     ///< Eigen::BDCSVD (divide and conquer); needs HEADALIGN_ENABLE_BDCSVD, see below
+  Gesdd,      ///< LAPACK ?gesdd through LAPACKE (needs HEADALIGN_USE_LAPACKE, else falls back to JacobiSvd)
   Newton      ///< scaled Newton iteration X ← (ζX + ζ⁻¹X⁻ᵀ)/2; falls back to an SVD when M is ill-conditioned
 };
 
@@ -67,8 +76,16 @@ constexpr bool lapack_scalar() {
 
 inline PolarMethod resolve_method(PolarMethod m, bool lapack_ok) {
   if (m == PolarMethod::Auto) return lapack_ok ? PolarMethod::Gesdd : PolarMethod::Newton;
-  if (m == PolarMethod::Gesdd && !lapack_ok) return PolarMethod::BdcSvd;
+  if (m == PolarMethod::Gesdd && !lapack_ok) return PolarMethod::JacobiSvd;
+  HEADALIGN_CHECK(m != PolarMethod::BdcSvd || HEADALIGN_HAS_BDCSVD,
+                  "PolarMethod::BdcSvd needs HEADALIGN_ENABLE_BDCSVD defined before including headalign");
   return m;
+}
+
+/// The SVD used where only an SVD will do (scores, and Newton's fallback for ill-conditioned M).
+inline PolarMethod svd_method(PolarMethod m, bool lapack_ok) {
+  m = resolve_method(m, lapack_ok);
+  return m == PolarMethod::Newton ? (lapack_ok ? PolarMethod::Gesdd : PolarMethod::JacobiSvd) : m;
 }
 
 #ifdef HEADALIGN_USE_LAPACKE
@@ -82,7 +99,7 @@ inline lapack_int gesdd(char jobz, lapack_int n, double* a, double* s, double* u
 
 /// Full SVD M = U diag(sigma) Vᵀ of a square matrix, sigma descending.
 template <class S>
-void svd(const Matrix<S>& m, PolarMethod method, Matrix<S>& u, Vector<S>& sigma, Matrix<S>& v) {
+void svd(const Matrix<S>& m, [[maybe_unused]] PolarMethod method, Matrix<S>& u, Vector<S>& sigma, Matrix<S>& v) {
 #ifdef HEADALIGN_USE_LAPACKE
   if constexpr (lapack_scalar<S>()) {
     if (method == PolarMethod::Gesdd) {
@@ -99,22 +116,24 @@ void svd(const Matrix<S>& m, PolarMethod method, Matrix<S>& u, Vector<S>& sigma,
     }
   }
 #endif
-  if (method == PolarMethod::JacobiSvd) {
-    Eigen::JacobiSVD<Matrix<S>> solver(m, Eigen::ComputeFullU | Eigen::ComputeFullV);
-    u = solver.matrixU();
-    v = solver.matrixV();
-    sigma = solver.singularValues();
-  } else {
+#if HEADALIGN_HAS_BDCSVD
+  if (method == PolarMethod::BdcSvd) {
     Eigen::BDCSVD<Matrix<S>> solver(m, Eigen::ComputeFullU | Eigen::ComputeFullV);
     u = solver.matrixU();
     v = solver.matrixV();
     sigma = solver.singularValues();
+    return;
   }
+#endif
+  Eigen::JacobiSVD<Matrix<S>> solver(m, Eigen::ComputeFullU | Eigen::ComputeFullV);
+  u = solver.matrixU();
+  v = solver.matrixV();
+  sigma = solver.singularValues();
 }
 
 /// Singular values of a square matrix only (no vectors), descending.
 template <class S>
-Vector<S> singular_values(const Matrix<S>& m, PolarMethod method) {
+Vector<S> singular_values(const Matrix<S>& m, [[maybe_unused]] PolarMethod method) {
 #ifdef HEADALIGN_USE_LAPACKE
   if constexpr (lapack_scalar<S>()) {
     if (method == PolarMethod::Gesdd) {
@@ -127,8 +146,10 @@ Vector<S> singular_values(const Matrix<S>& m, PolarMethod method) {
     }
   }
 #endif
-  if (method == PolarMethod::JacobiSvd) return Eigen::JacobiSVD<Matrix<S>>(m).singularValues();
-  return Eigen::BDCSVD<Matrix<S>>(m).singularValues();
+#if HEADALIGN_HAS_BDCSVD
+  if (method == PolarMethod::BdcSvd) return Eigen::BDCSVD<Matrix<S>>(m).singularValues();
+#endif
+  return Eigen::JacobiSVD<Matrix<S>>(m).singularValues();
 }
 
 /// Sign (−1, 0, +1) of det(M) from an LU factorisation, without forming the (over/underflowing) product.
@@ -210,7 +231,7 @@ ProcrustesResult<S> polar(const Matrix<S>& m, bool proper_rotation, PolarMethod 
       result.rotation = std::move(r);
       return result;
     }
-    method = lapack_scalar<S>() ? PolarMethod::Gesdd : PolarMethod::BdcSvd;
+    method = svd_method(method, lapack_scalar<S>());
   }
   Matrix<S> u, v;
   Vector<S> sigma;
@@ -307,11 +328,7 @@ typename Derived::Scalar procrustes_score(const Eigen::MatrixBase<Derived>& m, A
   const Matrix<S> mm = detail::checked_square(m, "Procrustes matrix M");
   const Index d = mm.rows();
   if (d == 0) return S(0);
-  const PolarMethod method = detail::resolve_method(
-      options.method == PolarMethod::Newton || options.method == PolarMethod::Auto
-          ? (detail::lapack_scalar<S>() ? PolarMethod::Gesdd : PolarMethod::BdcSvd)
-          : options.method,
-      detail::lapack_scalar<S>());
+  const PolarMethod method = detail::svd_method(options.method, detail::lapack_scalar<S>());
   switch (alignment) {
     case Alignment::None:
       return mm.trace();
@@ -357,5 +374,24 @@ ProcrustesResult<typename DA::Scalar> orthogonal_procrustes(const Eigen::MatrixB
 }
 
 }  // namespace headalign
+
+/// Declares (with `extern`) or defines the explicit instantiations of the SVD-heavy internals for
+/// float and double. Eigen's SVDs cost tens of seconds of compile time per translation unit; a
+/// project with many units defines HEADALIGN_EXTERN_TEMPLATES for all of them and includes
+/// <headalign/instantiate.hpp> in exactly one (with the same HEADALIGN_USE_LAPACKE /
+/// HEADALIGN_ENABLE_BDCSVD settings everywhere).
+#define HEADALIGN_PROCRUSTES_INSTANTIATIONS(EXTERN, S)                                                        \
+  EXTERN template void headalign::detail::svd<S>(const Matrix<S>&, PolarMethod, Matrix<S>&, Vector<S>&, Matrix<S>&); \
+  EXTERN template Vector<S> headalign::detail::singular_values<S>(const Matrix<S>&, PolarMethod);              \
+  EXTERN template int headalign::detail::det_sign<S>(const Matrix<S>&);                                        \
+  EXTERN template bool headalign::detail::newton_polar<S>(const Matrix<S>&, Matrix<S>&, int&);                 \
+  EXTERN template ProcrustesResult<S> headalign::detail::polar<S>(const Matrix<S>&, bool, PolarMethod);
+
+#if defined(HEADALIGN_EXTERN_TEMPLATES) && !defined(HEADALIGN_INSTANTIATE)
+namespace headalign {
+HEADALIGN_PROCRUSTES_INSTANTIATIONS(extern, float)
+HEADALIGN_PROCRUSTES_INSTANTIATIONS(extern, double)
+}  // namespace headalign
+#endif
 
 #endif  // HEADALIGN_PROCRUSTES_HPP

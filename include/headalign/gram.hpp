@@ -1,0 +1,295 @@
+/// @file gram.hpp
+/// @brief HeadGram: the streaming calibration statistics every later stage works from.
+///
+/// For token rows \f$ x_t \in \mathbb{R}^{H d} \f$ (head h in columns [h·d, (h+1)·d)) the
+/// accumulator holds \f$ G = \sum_t x_t x_t^\top \f$, whose d × d blocks are the cross-Gram
+/// matrices \f$ G_{ij} = X_i^\top X_j \f$. Alignment scores, similarities and generalized
+/// Procrustes all depend on the activations only through these blocks (see DESIGN.md), so the
+/// calibration data is read once and never stored: memory is O((H·d)²) whatever the number of
+/// tokens. Accumulators over disjoint token sets merge by addition.
+#ifndef HEADALIGN_GRAM_HPP
+#define HEADALIGN_GRAM_HPP
+
+#include "config.hpp"
+#include "io/safetensors.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+#include <type_traits>
+
+#ifdef HEADALIGN_USE_BLAS
+#include <cblas.h>
+#endif
+
+namespace headalign {
+
+namespace detail {
+
+/// C ← C + A Aᵀ (lower triangle) with A = D × k column-major, leading dimension lda; with
+/// @p trans, C ← C + Aᵀ A with A = k × D column-major.
+template <class S>
+void syrk_lower(Matrix<S>& c, const S* a, Index k, Index lda, bool trans = false) {
+  const Index n = c.rows();
+  if (k == 0 || n == 0) return;
+#ifdef HEADALIGN_USE_BLAS
+  if constexpr (std::is_same<S, float>::value || std::is_same<S, double>::value) {
+    const auto op = trans ? CblasTrans : CblasNoTrans;
+    if constexpr (std::is_same<S, float>::value)
+      cblas_ssyrk(CblasColMajor, CblasLower, op, static_cast<int>(n), static_cast<int>(k), 1.0f, a,
+                  static_cast<int>(lda), 1.0f, c.data(), static_cast<int>(n));
+    else
+      cblas_dsyrk(CblasColMajor, CblasLower, op, static_cast<int>(n), static_cast<int>(k), 1.0, a,
+                  static_cast<int>(lda), 1.0, c.data(), static_cast<int>(n));
+    return;
+  }
+#endif
+  using Map = Eigen::Map<const Matrix<S>, 0, Eigen::OuterStride<>>;
+  if (trans)
+    c.template selfadjointView<Eigen::Lower>().rankUpdate(Map(a, k, n, Eigen::OuterStride<>(lda)).transpose());
+  else
+    c.template selfadjointView<Eigen::Lower>().rankUpdate(Map(a, n, k, Eigen::OuterStride<>(lda)));
+}
+
+}  // namespace detail
+
+/// @brief Streaming accumulator of the cross-Gram blocks \f$ G_{ij} = X_i^\top X_j \f$ of H heads.
+///
+/// @tparam S accumulator scalar, float or double (double is advised past ~10⁵ tokens)
+///
+/// With `normalize_rows`, every head's vector of every token is scaled to unit length before it
+/// is accumulated (a zero vector stays zero), so that \f$ \mathrm{tr}(R^\top G_{ij})/n \f$ is the
+/// mean cosine after alignment — the reference's `cos` criterion (Sec. 3.3 of arXiv 2412.20677).
+///
+/// Example:
+/// @code
+/// headalign::HeadGram<double> g(32, 128, /*normalize_rows=*/true);
+/// for (const auto& batch : key_batches) g.add(batch);   // batch: n × 4096, any float type
+/// Eigen::MatrixXd g01 = g.block(0, 1);                    // X_0ᵀ X_1
+/// @endcode
+template <class S>
+class HeadGram {
+  static_assert(std::is_same<S, float>::value || std::is_same<S, double>::value,
+                "headalign: HeadGram accumulates in float or double");
+
+ public:
+  using Scalar = S;
+
+  /// @param num_heads H ≥ 1
+  /// @param head_dim d ≥ 1
+  /// @param normalize_rows scale each head's vector of each token to unit length (the `cos` criterion)
+  /// @param chunk_rows tokens converted and accumulated at a time (the only buffer held)
+  /// @throws invalid_argument when a size is not positive
+  HeadGram(Index num_heads, Index head_dim, bool normalize_rows = false, Index chunk_rows = 512)
+      : h_(num_heads), d_(head_dim), normalize_(normalize_rows), chunk_(chunk_rows) {
+    HEADALIGN_CHECK(num_heads > 0, "num_heads (" << num_heads << ") must be positive");
+    HEADALIGN_CHECK(head_dim > 0, "head_dim (" << head_dim << ") must be positive");
+    HEADALIGN_CHECK(chunk_rows > 0, "chunk_rows (" << chunk_rows << ") must be positive");
+    g_ = Matrix<S>::Zero(dim(), dim());
+  }
+
+  /// @brief Accumulates token rows: @p tokens is n × (H·d), head h in columns [h·d, (h+1)·d).
+  ///
+  /// Any scalar type and storage order; row- or column-major data of type S without row
+  /// normalisation feed SYRK directly, other input is converted chunk by chunk.
+  /// @throws invalid_argument when the width is not H·d or the data hold NaN/Inf (nothing is added then)
+  template <class Derived>
+  void add(const Eigen::MatrixBase<Derived>& tokens) {
+    using T = typename Derived::Scalar;
+    HEADALIGN_CHECK(tokens.cols() == dim(), "token rows have " << tokens.cols() << " columns, expected num_heads · head_dim = "
+                                                               << h_ << " · " << d_ << " = " << dim());
+    detail::check_finite(tokens, "token activations");
+    const Index n = tokens.rows();
+    constexpr bool direct = std::is_same<T, S>::value && (int(Derived::Flags) & Eigen::DirectAccessBit) != 0;
+    if constexpr (direct) {
+      if (!normalize_ && tokens.derived().innerStride() == 1 && n > 0) {
+        // Data of type S feed SYRK in place, without a copy: row-major n × D is column-major
+        // D × n (G += A Aᵀ); column-major n × D gives G += Aᵀ A.
+        const Index stride = tokens.derived().outerStride();
+        if (Derived::IsRowMajor) {
+          detail::syrk_lower(g_, tokens.derived().data(), n, n == 1 ? dim() : stride, false);
+        } else {
+          detail::syrk_lower(g_, tokens.derived().data(), n, dim() == 1 ? n : stride, true);
+        }
+        tokens_ += n;
+        return;
+      }
+    }
+    accumulate(n, [&](Index t0, Index k, Matrix<S>& buf) {
+      buf.leftCols(k) = tokens.middleRows(t0, k).transpose().template cast<S>();
+    });
+  }
+
+  /// @brief Accumulates @p rows token rows from a row-major buffer with @p row_stride elements per row.
+  template <class T>
+  void add(const T* data, Index rows, Index row_stride) {
+    HEADALIGN_CHECK(rows >= 0 && row_stride >= dim(), "row_stride (" << row_stride << ") is smaller than num_heads · head_dim ("
+                                                                     << dim() << ")");
+    using Map = Eigen::Map<const Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>, 0, Eigen::OuterStride<>>;
+    add(Map(data, rows, dim(), Eigen::OuterStride<>(row_stride)));
+  }
+
+  /// @brief Adds the statistics of another accumulator (disjoint tokens): G ← G + G', n ← n + n'.
+  /// @throws invalid_argument when the shapes or the normalisation differ
+  void merge(const HeadGram& other) {
+    HEADALIGN_CHECK(other.h_ == h_ && other.d_ == d_,
+                    "cannot merge a HeadGram of " << other.h_ << " × " << other.d_ << " into one of " << h_ << " × " << d_);
+    HEADALIGN_CHECK(other.normalize_ == normalize_, "cannot merge HeadGrams with different normalize_rows");
+    g_.template triangularView<Eigen::Lower>() += other.g_;
+    tokens_ += other.tokens_;
+  }
+
+  Index num_heads() const { return h_; }
+  Index head_dim() const { return d_; }
+  Index dim() const { return h_ * d_; }
+  /// Number of token rows accumulated (for a data-free Gram: 1, one expectation).
+  Index tokens() const { return tokens_; }
+  bool normalize_rows() const { return normalize_; }
+
+  /// @brief The cross-Gram block \f$ G_{ij} = X_i^\top X_j \f$ (d × d).
+  /// @throws invalid_argument for a head index out of range
+  Matrix<S> block(Index i, Index j) const {
+    HEADALIGN_CHECK(i >= 0 && i < h_ && j >= 0 && j < h_,
+                    "head index (" << i << ", " << j << ") out of range for " << h_ << " heads");
+    if (i > j) return g_.block(i * d_, j * d_, d_, d_);
+    if (i < j) return g_.block(j * d_, i * d_, d_, d_).transpose();
+    return g_.block(i * d_, i * d_, d_, d_).template selfadjointView<Eigen::Lower>();
+  }
+
+  /// \f$ \mathrm{tr}\, G_{ii} = \sum_t \|x_{i,t}\|^2 \f$.
+  S trace(Index i) const { return g_.block(i * d_, i * d_, d_, d_).trace(); }
+
+  /// The full symmetric (H·d) × (H·d) matrix G.
+  Matrix<S> gram() const { return g_.template selfadjointView<Eigen::Lower>(); }
+
+  /// The storage: only its lower triangle is meaningful.
+  const Matrix<S>& lower() const { return g_; }
+
+  /// @brief Statistics of activations stored head-major, `[H, n, d]` row-major (the reference's layout).
+  /// @throws invalid_argument for NaN/Inf or non-positive sizes
+  template <class T>
+  static HeadGram from_activations(const T* data, Index num_heads, Index tokens, Index head_dim,
+                                   bool normalize_rows = false) {
+    HeadGram g(num_heads, head_dim, normalize_rows);
+    HEADALIGN_CHECK(tokens >= 0, "tokens (" << tokens << ") must be non-negative");
+    const Index total = num_heads * tokens * head_dim;
+    for (Index i = 0; i < total; ++i)
+      HEADALIGN_CHECK(std::isfinite(static_cast<double>(data[i])),
+                      "activations contain NaN or Inf (element " << i << ")");
+    g.accumulate(tokens, [&](Index t0, Index k, Matrix<S>& buf) {
+      for (Index h = 0; h < num_heads; ++h)
+        for (Index t = 0; t < k; ++t)
+          for (Index c = 0; c < head_dim; ++c)
+            buf(h * head_dim + c, t) = static_cast<S>(data[(h * tokens + t0 + t) * head_dim + c]);
+    });
+    return g;
+  }
+
+  /// @brief Data-free statistics from the projection weights alone: \f$ G_{ij} = W_i W_j^\top \f$.
+  ///
+  /// @p weights is the key or value projection, [H·d, hidden] (Hugging Face `nn.Linear` layout),
+  /// head h owning rows [h·d, (h+1)·d). For inputs with \f$ E[x x^\top] = I \f$ (whitened
+  /// hidden states) the per-token expectation \f$ E[X_i^\top X_j]/n \f$ equals \f$ W_i W_j^\top \f$:
+  /// this is the Gram of one "average token" (tokens() = 1). Use it when no calibration data
+  /// exists; it ignores how the real hidden states are distributed. Row normalisation does not
+  /// apply (there are no rows), so Cosine similarities of such a Gram are normalised scores.
+  template <class Derived>
+  static HeadGram from_weights(const Eigen::MatrixBase<Derived>& weights, Index num_heads, Index head_dim) {
+    HeadGram g(num_heads, head_dim, false);
+    HEADALIGN_CHECK(weights.rows() == g.dim(), "projection weights have " << weights.rows() << " rows, expected num_heads · head_dim = "
+                                                                          << g.dim());
+    HEADALIGN_CHECK(weights.cols() > 0, "projection weights have no columns");
+    detail::check_finite(weights, "projection weights");
+    const Matrix<S> w = weights.template cast<S>();
+    g.g_.template selfadjointView<Eigen::Lower>().rankUpdate(w);
+    g.tokens_ = 1;
+    return g;
+  }
+
+  /// @brief Writes the statistics as a safetensors file (tensor "gram" [H·d, H·d], metadata
+  /// format = "headalign.HeadGram", num_heads, head_dim, tokens, normalize_rows), atomically.
+  /// @throws io_error when the file cannot be written
+  void save(const std::string& path) const {
+    io::SafetensorsWriter w;
+    const Matrix<S> full = gram();
+    // Column-major symmetric == row-major: the buffer is already the row-major tensor.
+    w.add("gram", {dim(), dim()}, full.data());
+    w.set_metadata("format", "headalign.HeadGram");
+    w.set_metadata("version", "1");
+    w.set_metadata("num_heads", std::to_string(h_));
+    w.set_metadata("head_dim", std::to_string(d_));
+    w.set_metadata("tokens", std::to_string(tokens_));
+    w.set_metadata("normalize_rows", normalize_ ? "1" : "0");
+    w.write(path);
+  }
+
+  /// @brief Reads statistics written by save(); an F32 file loads into a double accumulator and vice versa.
+  /// @throws io_error when the file is malformed, inconsistent, non-symmetric or holds NaN/Inf
+  static HeadGram load(const std::string& path) {
+    io::SafetensorsReader r(path);
+    const auto& meta = r.metadata();
+    auto field = [&](const char* key) -> const std::string& {
+      auto it = meta.find(key);
+      if (it == meta.end()) detail::throw_io_error("HeadGram file '" + path + "' lacks metadata '" + key + "'");
+      return it->second;
+    };
+    auto integer = [&](const char* key) {
+      const std::string& s = field(key);
+      if (s.empty() || s.size() > 18 || s.find_first_not_of("0123456789") != std::string::npos)
+        detail::throw_io_error("HeadGram file '" + path + "': metadata '" + key + "' = '" + s + "' is not a non-negative integer");
+      return static_cast<Index>(std::stoll(s));
+    };
+    if (field("format") != "headalign.HeadGram") detail::throw_io_error("'" + path + "' is not a HeadGram file");
+    if (field("version") != "1") detail::throw_io_error("HeadGram file '" + path + "' has unsupported version " + field("version"));
+    const Index h = integer("num_heads"), d = integer("head_dim"), n = integer("tokens");
+    const std::string& norm = field("normalize_rows");
+    if (norm != "0" && norm != "1") detail::throw_io_error("HeadGram file '" + path + "': normalize_rows must be 0 or 1");
+    if (h <= 0 || d <= 0 || h > (1 << 16) || d > (1 << 16) || h * d > (1 << 16))
+      detail::throw_io_error("HeadGram file '" + path + "': implausible num_heads " + std::to_string(h) + " / head_dim " + std::to_string(d));
+    const auto& info = r.info("gram");
+    if (info.shape.size() != 2 || info.shape[0] != h * d || info.shape[1] != h * d)
+      detail::throw_io_error("HeadGram file '" + path + "': tensor 'gram' is not [" + std::to_string(h * d) + ", " +
+                             std::to_string(h * d) + "]");
+    HeadGram g(h, d, norm == "1");
+    r.read("gram", 0, static_cast<std::uint64_t>(g.dim() * g.dim()), g.g_.data());
+    if (!g.g_.allFinite()) detail::throw_io_error("HeadGram file '" + path + "' holds NaN or Inf");
+    if (g.g_ != g.g_.transpose()) detail::throw_io_error("HeadGram file '" + path + "': 'gram' is not symmetric");
+    if ((g.g_.diagonal().array() < S(0)).any()) detail::throw_io_error("HeadGram file '" + path + "': 'gram' has a negative diagonal");
+    g.tokens_ = n;
+    return g;
+  }
+
+ private:
+  // Streams n tokens through a D × chunk buffer: fill(t0, k, buf) writes tokens t0..t0+k−1 as
+  // buf's first k columns; rows are normalised per head if asked, then G += buf bufᵀ.
+  template <class Fill>
+  void accumulate(Index n, Fill&& fill) {
+    const Index rows = std::min<Index>(chunk_, std::max<Index>(n, 1));
+    Matrix<S> buf(dim(), rows);
+    for (Index t0 = 0; t0 < n; t0 += rows) {
+      const Index k = std::min(rows, n - t0);
+      fill(t0, k, buf);
+      if (normalize_) {
+        for (Index t = 0; t < k; ++t)
+          for (Index h = 0; h < h_; ++h) {
+            auto v = buf.col(t).segment(h * d_, d_);
+            // In double, so that float vectors of norm 1e-20 or 1e20 neither underflow nor overflow.
+            const double norm = v.template cast<double>().norm();
+            if (norm > 0) v = (v.template cast<double>() / norm).template cast<S>();
+          }
+      }
+      detail::syrk_lower(g_, buf.data(), k, dim());
+    }
+    tokens_ += n;
+  }
+
+  Index h_, d_;
+  bool normalize_;
+  Index chunk_;
+  Index tokens_ = 0;
+  Matrix<S> g_;  // lower triangle of G = Σ x xᵀ
+};
+
+}  // namespace headalign
+
+#endif  // HEADALIGN_GRAM_HPP

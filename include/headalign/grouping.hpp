@@ -1,0 +1,304 @@
+/// @file grouping.hpp
+/// @brief Partition of H heads into g equal groups maximising the similarity inside groups.
+///
+/// Objective (Sec. 3.3 of arXiv 2412.20677): \f$ \sum_{c} \sum_{i<j \in c} s_{ij} \f$ over groups
+/// of H/g heads each. The reference searches it by random-restart hill climbing; `LocalSearch`
+/// keeps, for every head h and group c, \f$ S_{hc} = \sum_{j \in c} s_{hj} \f$, so the gain of
+/// swapping heads a ∈ A and b ∈ B is \f$ S_{aB} - S_{aA} + S_{bA} - S_{bB} - 2 s_{ab} \f$ in O(1).
+#ifndef HEADALIGN_GROUPING_HPP
+#define HEADALIGN_GROUPING_HPP
+
+#include "config.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <numeric>
+#include <random>
+#include <vector>
+
+namespace headalign {
+
+/// @brief A partition of heads into groups; `score` = sum of similarities of pairs inside groups.
+struct Grouping {
+  std::vector<std::vector<Index>> groups;
+  double score = 0;
+
+  /// The head order that makes the groups contiguous: group c's heads, ascending, then group c+1's.
+  std::vector<Index> order() const {
+    std::vector<Index> out;
+    for (const auto& g : groups) out.insert(out.end(), g.begin(), g.end());
+    return out;
+  }
+};
+
+/// @brief How group_heads() searches.
+struct GroupingOptions {
+  enum class Method {
+    HillClimb,    ///< the reference: restarts × iterations random swaps, keep strict improvements
+    LocalSearch,  ///< iterated steepest-ascent swaps with O(1) gains: random starts and kicks of the best
+    Exact         ///< exhaustive, optimal (small instances only)
+  };
+  Method method = Method::LocalSearch;
+  int restarts = 200;     ///< HillClimb: random starts; LocalSearch: descents (at most)
+  int iterations = 3000;  ///< HillClimb: proposals per start
+  std::uint64_t seed = 0;
+  /// LocalSearch stops after this many descents in a row without a better grouping (0: run all).
+  int patience = 0;
+  /// Exact refuses instances with more partitions than this.
+  double exact_max_partitions = 5e7;
+};
+
+namespace detail {
+
+inline void check_group_counts(Index num_heads, Index num_groups) {
+  HEADALIGN_CHECK(num_heads > 0, "num_heads (" << num_heads << ") must be positive");
+  HEADALIGN_CHECK(num_groups > 0, "num_groups (" << num_groups << ") must be positive");
+  HEADALIGN_CHECK(num_heads % num_groups == 0,
+                  "num_heads (" << num_heads << ") is not divisible by num_groups (" << num_groups << ")");
+}
+
+/// Number of partitions of h heads into g unordered groups of h/g: h! / ((h/g)!^g g!).
+inline double partition_count(Index h, Index g) {
+  const double k = static_cast<double>(h / g);
+  return std::exp(std::lgamma(static_cast<double>(h) + 1) - static_cast<double>(g) * std::lgamma(k + 1) -
+                  std::lgamma(static_cast<double>(g) + 1));
+}
+
+/// Groups from a head → group assignment, heads ascending inside groups, groups by first head.
+inline std::vector<std::vector<Index>> groups_from_assignment(const std::vector<Index>& assign, Index num_groups) {
+  std::vector<std::vector<Index>> groups(static_cast<std::size_t>(num_groups));
+  for (std::size_t h = 0; h < assign.size(); ++h) groups[static_cast<std::size_t>(assign[h])].push_back(static_cast<Index>(h));
+  std::sort(groups.begin(), groups.end());
+  return groups;
+}
+
+}  // namespace detail
+
+/// @brief Sum of similarities over the pairs inside each group of @p grouping.
+/// @throws invalid_argument for a head index outside the similarity matrix
+template <class S>
+double grouping_score(const Matrix<S>& similarity, const std::vector<std::vector<Index>>& groups) {
+  double score = 0;
+  for (const auto& g : groups)
+    for (std::size_t a = 0; a < g.size(); ++a)
+      for (std::size_t b = a + 1; b < g.size(); ++b) {
+        HEADALIGN_CHECK(g[a] >= 0 && g[a] < similarity.rows() && g[b] >= 0 && g[b] < similarity.rows(),
+                        "head index out of range for a " << similarity.rows() << " × " << similarity.rows() << " similarity");
+        score += static_cast<double>(similarity(g[a], g[b]));
+      }
+  return score;
+}
+
+/// @brief Adjacent heads grouped together, as plain GQA does: group c = {c·k, …, c·k + k − 1}, k = H/g.
+/// `score` is 0 (no similarity is known); see grouping_score().
+/// @throws invalid_argument when num_heads is not divisible by num_groups
+inline Grouping group_contiguous(Index num_heads, Index num_groups) {
+  detail::check_group_counts(num_heads, num_groups);
+  Grouping out;
+  const Index k = num_heads / num_groups;
+  for (Index c = 0; c < num_groups; ++c) {
+    out.groups.emplace_back(static_cast<std::size_t>(k));
+    std::iota(out.groups.back().begin(), out.groups.back().end(), c * k);
+  }
+  return out;
+}
+
+/// @brief Equal-size grouping of heads maximising the sum of within-group similarities.
+///
+/// @param similarity symmetric H × H (the diagonal is ignored), e.g. from similarity_matrix()
+/// @param num_groups g, dividing H
+/// @param options search method, effort and seed; deterministic for a given seed
+/// @return groups with heads ascending, ordered by their first head, and their score
+/// @throws invalid_argument for a non-square, non-symmetric or non-finite similarity, H not
+///         divisible by g, or an Exact instance above `exact_max_partitions`
+template <class S>
+Grouping group_heads(const Matrix<S>& similarity, Index num_groups, GroupingOptions options = {}) {
+  const Index h = similarity.rows();
+  HEADALIGN_CHECK(similarity.rows() == similarity.cols(),
+                  "similarity must be square, got " << similarity.rows() << " × " << similarity.cols());
+  detail::check_finite(similarity, "similarity");
+  detail::check_group_counts(h, num_groups);
+  HEADALIGN_CHECK(options.restarts > 0 && options.iterations >= 0,
+                  "restarts (" << options.restarts << ") must be positive and iterations (" << options.iterations
+                               << ") non-negative");
+  // Work in double on a symmetrised copy with a zero diagonal.
+  Matrix<double> sim = similarity.template cast<double>();
+  const double asym = (sim - sim.transpose()).cwiseAbs().maxCoeff();
+  HEADALIGN_CHECK(asym <= 1e-6 * (1.0 + sim.cwiseAbs().maxCoeff()), "similarity is not symmetric (max |s_ij − s_ji| = " << asym << ")");
+  sim = (0.5 * (sim + sim.transpose())).eval();
+  sim.diagonal().setZero();
+  const Index k = h / num_groups;
+
+  Grouping best;
+  if (num_groups == 1 || k == 1) {
+    std::vector<Index> assign(static_cast<std::size_t>(h));
+    for (Index i = 0; i < h; ++i) assign[static_cast<std::size_t>(i)] = num_groups == 1 ? 0 : i;
+    best.groups = detail::groups_from_assignment(assign, num_groups);
+    best.score = grouping_score(sim, best.groups);
+    return best;
+  }
+
+  if (options.method == GroupingOptions::Method::Exact) {
+    const double count = detail::partition_count(h, num_groups);
+    HEADALIGN_CHECK(count <= options.exact_max_partitions,
+                    "Exact grouping of " << h << " heads into " << num_groups << " groups would enumerate " << count
+                                         << " partitions (limit exact_max_partitions = " << options.exact_max_partitions
+                                         << "); use LocalSearch");
+    // Depth-first enumeration: the lowest unassigned head opens the next group, which is filled
+    // with every (k − 1)-subset of the remaining heads in increasing order.
+    std::vector<Index> assign(static_cast<std::size_t>(h), -1), best_assign;
+    double best_score = -std::numeric_limits<double>::infinity();
+    auto recurse = [&](auto&& self, Index group, double score) -> void {
+      if (group == num_groups) {
+        if (score > best_score) {
+          best_score = score;
+          best_assign = assign;
+        }
+        return;
+      }
+      Index first = 0;
+      while (assign[static_cast<std::size_t>(first)] >= 0) ++first;
+      assign[static_cast<std::size_t>(first)] = group;
+      std::vector<Index> members{first};  // this group's heads so far (one vector per depth)
+      members.reserve(static_cast<std::size_t>(k));
+      auto fill = [&](auto&& fill_self, Index from, double s) -> void {
+        if (static_cast<Index>(members.size()) == k) {
+          self(self, group + 1, s);
+          return;
+        }
+        for (Index c = from; c < h; ++c) {
+          if (assign[static_cast<std::size_t>(c)] >= 0) continue;
+          double add = 0;
+          for (Index m : members) add += sim(m, c);
+          assign[static_cast<std::size_t>(c)] = group;
+          members.push_back(c);
+          fill_self(fill_self, c + 1, s + add);
+          members.pop_back();
+          assign[static_cast<std::size_t>(c)] = -1;
+        }
+      };
+      fill(fill, first + 1, score);
+      assign[static_cast<std::size_t>(first)] = -1;
+    };
+    recurse(recurse, 0, 0.0);
+    best.groups = detail::groups_from_assignment(best_assign, num_groups);
+    best.score = grouping_score(sim, best.groups);
+    return best;
+  }
+
+  std::mt19937_64 rng(options.seed);
+  std::vector<Index> assign(static_cast<std::size_t>(h)), best_assign;
+  double best_score = -std::numeric_limits<double>::infinity();
+  auto random_start = [&]() {
+    std::vector<Index> perm(static_cast<std::size_t>(h));
+    std::iota(perm.begin(), perm.end(), Index(0));
+    std::shuffle(perm.begin(), perm.end(), rng);
+    for (Index p = 0; p < h; ++p) assign[static_cast<std::size_t>(perm[static_cast<std::size_t>(p)])] = p / k;
+  };
+  auto total = [&]() {
+    double s = 0;
+    for (Index i = 0; i < h; ++i)
+      for (Index j = i + 1; j < h; ++j)
+        if (assign[static_cast<std::size_t>(i)] == assign[static_cast<std::size_t>(j)]) s += sim(i, j);
+    return s;
+  };
+
+  if (options.method == GroupingOptions::Method::HillClimb) {
+    // As the reference: propose swapping two random heads of different groups; keep the swap
+    // only when the objective strictly improves. The gain is computed from the two groups.
+    std::uniform_int_distribution<Index> pick(0, h - 1);
+    for (int r = 0; r < options.restarts; ++r) {
+      random_start();
+      double score = total();
+      for (int it = 0; it < options.iterations; ++it) {
+        const Index a = pick(rng);
+        Index b = pick(rng);
+        while (assign[static_cast<std::size_t>(b)] == assign[static_cast<std::size_t>(a)]) b = pick(rng);
+        const Index ga = assign[static_cast<std::size_t>(a)], gb = assign[static_cast<std::size_t>(b)];
+        double gain = 0;
+        for (Index j = 0; j < h; ++j) {
+          const Index gj = assign[static_cast<std::size_t>(j)];
+          if (j == a || j == b) continue;
+          if (gj == ga) gain += sim(b, j) - sim(a, j);
+          else if (gj == gb) gain += sim(a, j) - sim(b, j);
+        }
+        if (gain > 0) {
+          std::swap(assign[static_cast<std::size_t>(a)], assign[static_cast<std::size_t>(b)]);
+          score += gain;
+        }
+      }
+      if (score > best_score) {
+        best_score = score;
+        best_assign = assign;
+      }
+    }
+  } else {
+    // Iterated local search: steepest ascent over all swaps, with O(1) gains from
+    // S(h, c) = Σ_{j ∈ c} s_hj, started from a random partition every `kRandomEvery` descents
+    // and otherwise from the best partition so far after a kick of a few random swaps.
+    constexpr int kRandomEvery = 8;
+    Matrix<double> gs(h, num_groups);
+    const double eps = 1e-12 * (1.0 + sim.cwiseAbs().maxCoeff());
+    std::uniform_int_distribution<Index> pick(0, h - 1);
+    std::uniform_int_distribution<Index> kick_size(2, std::max<Index>(2, h / 4));
+    int since_best = 0;
+    for (int r = 0; r < options.restarts; ++r) {
+      if (r % kRandomEvery == 0) {
+        random_start();
+      } else {
+        assign = best_assign;
+        for (Index s = kick_size(rng); s > 0; --s) {
+          const Index a = pick(rng);
+          Index b = pick(rng);
+          while (assign[static_cast<std::size_t>(b)] == assign[static_cast<std::size_t>(a)]) b = pick(rng);
+          std::swap(assign[static_cast<std::size_t>(a)], assign[static_cast<std::size_t>(b)]);
+        }
+      }
+      gs.setZero();
+      for (Index i = 0; i < h; ++i)
+        for (Index j = 0; j < h; ++j) gs(i, assign[static_cast<std::size_t>(j)]) += sim(i, j);
+      for (;;) {
+        double best_gain = eps;
+        Index ba = -1, bb = -1;
+        for (Index a = 0; a < h; ++a) {
+          const Index ga = assign[static_cast<std::size_t>(a)];
+          for (Index b = a + 1; b < h; ++b) {
+            const Index gb = assign[static_cast<std::size_t>(b)];
+            if (ga == gb) continue;
+            const double gain = gs(a, gb) - gs(a, ga) + gs(b, ga) - gs(b, gb) - 2 * sim(a, b);
+            if (gain > best_gain) {
+              best_gain = gain;
+              ba = a;
+              bb = b;
+            }
+          }
+        }
+        if (ba < 0) break;
+      const Index ga = assign[static_cast<std::size_t>(ba)], gb = assign[static_cast<std::size_t>(bb)];
+        for (Index x = 0; x < h; ++x) {
+          const double delta = sim(x, bb) - sim(x, ba);
+          gs(x, ga) += delta;
+          gs(x, gb) -= delta;
+        }
+        std::swap(assign[static_cast<std::size_t>(ba)], assign[static_cast<std::size_t>(bb)]);
+      }
+      const double score = total();
+      if (best_assign.empty() || score > best_score + 1e-12 * (1.0 + std::abs(best_score))) {
+        best_score = score;
+        best_assign = assign;
+        since_best = 0;
+      } else if (options.patience > 0 && ++since_best >= options.patience) {
+        break;
+      }
+    }
+  }
+  best.groups = detail::groups_from_assignment(best_assign, num_groups);
+  best.score = grouping_score(sim, best.groups);
+  return best;
+}
+
+}  // namespace headalign
+
+#endif  // HEADALIGN_GROUPING_HPP

@@ -1,0 +1,14 @@
+/// @file headalign.hpp
+/// @brief Umbrella header of the CPU library (not the CUDA backend, not the interop headers).
+#ifndef HEADALIGN_HEADALIGN_HPP
+#define HEADALIGN_HEADALIGN_HPP
+
+#include "config.hpp"
+#include "rope.hpp"
+#include "procrustes.hpp"
+#include "gram.hpp"
+#include "similarity.hpp"
+#include "grouping.hpp"
+#include "gpa.hpp"
+
+#endif  // HEADALIGN_HEADALIGN_HPP

@@ -1,0 +1,374 @@
+/// @file io/safetensors.hpp
+/// @brief Validated reader and atomic writer of the safetensors format.
+///
+/// Layout: an 8-byte little-endian header length N, N bytes of JSON
+/// `{"name": {"dtype": "F32", "shape": [..], "data_offsets": [begin, end]}, "__metadata__": {..}}`,
+/// then the data buffer. The reader rejects, with headalign::io_error naming the problem:
+/// truncated files, headers longer than the file or than `max_header_bytes`, malformed JSON,
+/// unknown dtypes, negative or overflowing shapes, offsets that disagree with the shape, leave
+/// holes, overlap or run past the end of the file, and non-string metadata.
+#ifndef HEADALIGN_IO_SAFETENSORS_HPP
+#define HEADALIGN_IO_SAFETENSORS_HPP
+
+#include "../config.hpp"
+
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <limits>
+#include <map>
+#include <string>
+#include <vector>
+
+#include <unistd.h>
+
+namespace headalign::io {
+
+/// @brief Element types of safetensors tensors that headalign reads and writes.
+enum class Dtype { F16, BF16, F32, F64 };
+
+/// Bytes per element of @p dtype.
+inline std::size_t dtype_size(Dtype dtype) {
+  switch (dtype) {
+    case Dtype::F16:
+    case Dtype::BF16: return 2;
+    case Dtype::F32: return 4;
+    case Dtype::F64: return 8;
+  }
+  return 0;
+}
+
+/// The safetensors name of @p dtype ("F32", ...).
+inline const char* dtype_name(Dtype dtype) {
+  switch (dtype) {
+    case Dtype::F16: return "F16";
+    case Dtype::BF16: return "BF16";
+    case Dtype::F32: return "F32";
+    case Dtype::F64: return "F64";
+  }
+  return "?";
+}
+
+/// The dtype of scalar @p T (float or double).
+template <class T>
+constexpr Dtype dtype_of() {
+  static_assert(std::is_same<T, float>::value || std::is_same<T, double>::value,
+                "headalign: safetensors I/O of float or double");
+  return std::is_same<T, float>::value ? Dtype::F32 : Dtype::F64;
+}
+
+namespace detail {
+
+inline float half_to_float(std::uint16_t h) {
+  const std::uint32_t sign = static_cast<std::uint32_t>(h & 0x8000u) << 16;
+  std::uint32_t exp = (h >> 10) & 0x1fu, mant = h & 0x3ffu, bits;
+  if (exp == 0x1f) {
+    bits = sign | 0x7f800000u | (mant << 13);  // Inf / NaN
+  } else if (exp != 0) {
+    bits = sign | ((exp + 112u) << 23) | (mant << 13);
+  } else if (mant == 0) {
+    bits = sign;
+  } else {  // subnormal: normalise
+    exp = 113;
+    while ((mant & 0x400u) == 0) {
+      mant <<= 1;
+      --exp;
+    }
+    bits = sign | (exp << 23) | ((mant & 0x3ffu) << 13);
+  }
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+inline float bf16_to_float(std::uint16_t h) {
+  const std::uint32_t bits = static_cast<std::uint32_t>(h) << 16;
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+/// Converts @p count little-endian elements of @p dtype at @p src to T.
+template <class T>
+void convert(Dtype dtype, const unsigned char* src, std::size_t count, T* dst) {
+  for (std::size_t i = 0; i < count; ++i) {
+    const unsigned char* p = src + i * dtype_size(dtype);
+    switch (dtype) {
+      case Dtype::F16: {
+        std::uint16_t h;
+        std::memcpy(&h, p, 2);
+        dst[i] = static_cast<T>(half_to_float(h));
+        break;
+      }
+      case Dtype::BF16: {
+        std::uint16_t h;
+        std::memcpy(&h, p, 2);
+        dst[i] = static_cast<T>(bf16_to_float(h));
+        break;
+      }
+      case Dtype::F32: {
+        float f;
+        std::memcpy(&f, p, 4);
+        dst[i] = static_cast<T>(f);
+        break;
+      }
+      case Dtype::F64: {
+        double f;
+        std::memcpy(&f, p, 8);
+        dst[i] = static_cast<T>(f);
+        break;
+      }
+    }
+  }
+}
+
+inline bool little_endian() {
+  const std::uint16_t one = 1;
+  unsigned char c;
+  std::memcpy(&c, &one, 1);
+  return c == 1;
+}
+
+}  // namespace detail
+
+/// @brief One tensor entry of a safetensors header.
+struct TensorInfo {
+  Dtype dtype = Dtype::F32;
+  std::vector<std::int64_t> shape;
+  std::uint64_t begin = 0, end = 0;  ///< byte offsets in the data buffer
+  std::uint64_t numel() const {
+    std::uint64_t n = 1;
+    for (auto s : shape) n *= static_cast<std::uint64_t>(s);
+    return n;
+  }
+};
+
+/// @brief A safetensors file opened for reading; the header is validated on construction.
+class SafetensorsReader {
+ public:
+  /// @param path file to open
+  /// @param max_header_bytes refuse larger JSON headers (the format's own limit is 100 MB)
+  /// @throws io_error when the file cannot be read or is malformed
+  explicit SafetensorsReader(const std::string& path, std::uint64_t max_header_bytes = 100u << 20)
+      : path_(path), in_(path, std::ios::binary) {
+    if (!detail::little_endian()) ::headalign::detail::throw_io_error("safetensors I/O needs a little-endian host");
+    if (!in_) fail("cannot open file");
+    in_.seekg(0, std::ios::end);
+    const auto size = static_cast<std::int64_t>(in_.tellg());
+    in_.seekg(0);
+    if (size < 8) fail("file is " + std::to_string(size) + " bytes, shorter than the 8-byte header length");
+    unsigned char len_bytes[8];
+    in_.read(reinterpret_cast<char*>(len_bytes), 8);
+    std::uint64_t header_len = 0;
+    for (int i = 7; i >= 0; --i) header_len = (header_len << 8) | len_bytes[i];
+    if (header_len > max_header_bytes)
+      fail("header length " + std::to_string(header_len) + " exceeds the limit of " + std::to_string(max_header_bytes));
+    if (header_len > static_cast<std::uint64_t>(size) - 8)
+      fail("header length " + std::to_string(header_len) + " runs past the end of the file (" +
+           std::to_string(size) + " bytes)");
+    std::string header(static_cast<std::size_t>(header_len), '\0');
+    in_.read(header.data(), static_cast<std::streamsize>(header_len));
+    if (!in_) fail("cannot read the header");
+    data_start_ = 8 + header_len;
+    data_size_ = static_cast<std::uint64_t>(size) - data_start_;
+    parse(header);
+  }
+
+  /// Names of all tensors, sorted.
+  std::vector<std::string> names() const {
+    std::vector<std::string> out;
+    for (const auto& kv : tensors_) out.push_back(kv.first);
+    return out;
+  }
+  bool contains(const std::string& name) const { return tensors_.count(name) != 0; }
+  /// @throws io_error when there is no tensor @p name
+  const TensorInfo& info(const std::string& name) const {
+    auto it = tensors_.find(name);
+    if (it == tensors_.end()) fail("no tensor named '" + name + "'");
+    return it->second;
+  }
+  const std::map<std::string, std::string>& metadata() const { return metadata_; }
+  const std::string& path() const { return path_; }
+
+  /// Reads elements [first, first + count) of tensor @p name (row-major order), converted to T.
+  template <class T>
+  void read(const std::string& name, std::uint64_t first, std::uint64_t count, T* out) {
+    const TensorInfo& t = info(name);
+    if (first > t.numel() || count > t.numel() - first)
+      fail("read of elements [" + std::to_string(first) + ", " + std::to_string(first + count) + ") of '" + name +
+           "' past its " + std::to_string(t.numel()) + " elements");
+    const std::size_t es = dtype_size(t.dtype);
+    constexpr std::uint64_t kChunk = 1u << 16;
+    std::vector<unsigned char> buf;
+    for (std::uint64_t done = 0; done < count; done += kChunk) {
+      const std::uint64_t k = std::min(kChunk, count - done);
+      buf.resize(static_cast<std::size_t>(k * es));
+      in_.clear();
+      in_.seekg(static_cast<std::streamoff>(data_start_ + t.begin + (first + done) * es));
+      in_.read(reinterpret_cast<char*>(buf.data()), static_cast<std::streamsize>(buf.size()));
+      if (!in_) fail("cannot read the data of '" + name + "' (file truncated or changed while reading?)");
+      detail::convert(t.dtype, buf.data(), static_cast<std::size_t>(k), out + done);
+    }
+  }
+
+  /// Reads a whole tensor, converted to T.
+  template <class T>
+  std::vector<T> read_all(const std::string& name) {
+    std::vector<T> out(static_cast<std::size_t>(info(name).numel()));
+    read(name, 0, out.size(), out.data());
+    return out;
+  }
+
+ private:
+  [[noreturn]] void fail(const std::string& what) const {
+    ::headalign::detail::throw_io_error("safetensors file '" + path_ + "': " + what);
+  }
+
+  void parse(const std::string& header) {
+    nlohmann::json j;
+    try {
+      j = nlohmann::json::parse(header);
+    } catch (const nlohmann::json::exception& e) {
+      fail(std::string("header is not valid JSON (") + e.what() + ")");
+    }
+    if (!j.is_object()) fail("header is not a JSON object");
+    std::vector<std::pair<std::uint64_t, std::uint64_t>> ranges;
+    for (auto it = j.begin(); it != j.end(); ++it) {
+      const std::string& name = it.key();
+      const auto& v = it.value();
+      if (name == "__metadata__") {
+        if (!v.is_object()) fail("__metadata__ is not an object");
+        for (auto m = v.begin(); m != v.end(); ++m) {
+          if (!m.value().is_string()) fail("__metadata__ value of '" + m.key() + "' is not a string");
+          metadata_[m.key()] = m.value().get<std::string>();
+        }
+        continue;
+      }
+      if (!v.is_object() || !v.contains("dtype") || !v.contains("shape") || !v.contains("data_offsets"))
+        fail("tensor '" + name + "' lacks dtype, shape or data_offsets");
+      TensorInfo t;
+      const auto& dt = v["dtype"];
+      if (!dt.is_string()) fail("dtype of '" + name + "' is not a string");
+      const std::string d = dt.get<std::string>();
+      if (d == "F16") t.dtype = Dtype::F16;
+      else if (d == "BF16") t.dtype = Dtype::BF16;
+      else if (d == "F32") t.dtype = Dtype::F32;
+      else if (d == "F64") t.dtype = Dtype::F64;
+      else fail("tensor '" + name + "' has unsupported dtype '" + d + "' (F16, BF16, F32, F64 are read)");
+      if (!v["shape"].is_array()) fail("shape of '" + name + "' is not an array");
+      std::uint64_t numel = 1;
+      for (const auto& s : v["shape"]) {
+        if (!s.is_number_integer() || s.get<std::int64_t>() < 0) fail("shape of '" + name + "' has a negative or non-integer entry");
+        const auto e = static_cast<std::uint64_t>(s.get<std::int64_t>());
+        if (e != 0 && numel > std::numeric_limits<std::uint64_t>::max() / e / 8) fail("shape of '" + name + "' overflows");
+        numel *= e;
+        t.shape.push_back(static_cast<std::int64_t>(e));
+      }
+      const auto& off = v["data_offsets"];
+      if (!off.is_array() || off.size() != 2 || !off[0].is_number_unsigned() || !off[1].is_number_unsigned())
+        fail("data_offsets of '" + name + "' is not a pair of non-negative integers");
+      t.begin = off[0].get<std::uint64_t>();
+      t.end = off[1].get<std::uint64_t>();
+      if (t.end < t.begin || t.end > data_size_)
+        fail("data_offsets [" + std::to_string(t.begin) + ", " + std::to_string(t.end) + "] of '" + name +
+             "' lie outside the " + std::to_string(data_size_) + "-byte data buffer (truncated file?)");
+      if (t.end - t.begin != numel * dtype_size(t.dtype))
+        fail("tensor '" + name + "' spans " + std::to_string(t.end - t.begin) + " bytes but its shape and dtype need " +
+             std::to_string(numel * dtype_size(t.dtype)));
+      ranges.emplace_back(t.begin, t.end);
+      tensors_.emplace(name, std::move(t));
+    }
+    std::sort(ranges.begin(), ranges.end());
+    std::uint64_t pos = 0;
+    for (const auto& r : ranges) {
+      if (r.first != pos) fail("tensor data overlap or leave a hole at byte " + std::to_string(std::min(pos, r.first)));
+      pos = r.second;
+    }
+    if (pos != data_size_)
+      fail("data buffer has " + std::to_string(data_size_) + " bytes but the tensors cover " + std::to_string(pos));
+  }
+
+  std::string path_;
+  std::ifstream in_;
+  std::uint64_t data_start_ = 0, data_size_ = 0;
+  std::map<std::string, TensorInfo> tensors_;
+  std::map<std::string, std::string> metadata_;
+};
+
+/// @brief Collects tensors and writes them as one safetensors file, atomically.
+///
+/// The file is written to a temporary name beside @p path, flushed to disk and renamed over
+/// @p path: readers see the old file or the whole new one, never a part.
+class SafetensorsWriter {
+ public:
+  /// Adds a tensor of @p shape whose row-major elements are @p data (copied).
+  template <class T>
+  void add(const std::string& name, std::vector<std::int64_t> shape, const T* data) {
+    HEADALIGN_CHECK(!name.empty() && name != "__metadata__", "invalid tensor name '" << name << "'");
+    HEADALIGN_CHECK(entries_.count(name) == 0, "tensor '" << name << "' added twice");
+    std::uint64_t numel = 1;
+    for (auto s : shape) {
+      HEADALIGN_CHECK(s >= 0, "negative dimension " << s << " in the shape of '" << name << "'");
+      numel *= static_cast<std::uint64_t>(s);
+    }
+    Entry e{dtype_of<T>(), std::move(shape), {}};
+    e.bytes.resize(static_cast<std::size_t>(numel * sizeof(T)));
+    if (numel) std::memcpy(e.bytes.data(), data, e.bytes.size());
+    entries_.emplace(name, std::move(e));
+  }
+  void set_metadata(const std::string& key, const std::string& value) { metadata_[key] = value; }
+
+  /// Writes the file. @throws io_error when it cannot be written (nothing is left behind then).
+  void write(const std::string& path) const {
+    if (!detail::little_endian()) ::headalign::detail::throw_io_error("safetensors I/O needs a little-endian host");
+    nlohmann::json header = nlohmann::json::object();
+    if (!metadata_.empty()) header["__metadata__"] = metadata_;
+    std::uint64_t offset = 0;
+    for (const auto& kv : entries_) {
+      header[kv.first] = {{"dtype", dtype_name(kv.second.dtype)},
+                          {"shape", kv.second.shape},
+                          {"data_offsets", {offset, offset + kv.second.bytes.size()}}};
+      offset += kv.second.bytes.size();
+    }
+    std::string text = header.dump();
+    text.append((8 - text.size() % 8) % 8, ' ');  // align the data buffer to 8 bytes
+    const std::string tmp = path + ".tmp." + std::to_string(::getpid());
+    {
+      std::FILE* f = std::fopen(tmp.c_str(), "wb");
+      if (!f) ::headalign::detail::throw_io_error("cannot create '" + tmp + "'");
+      unsigned char len[8];
+      std::uint64_t n = text.size();
+      for (int i = 0; i < 8; ++i, n >>= 8) len[i] = static_cast<unsigned char>(n & 0xff);
+      bool ok = std::fwrite(len, 1, 8, f) == 8 && std::fwrite(text.data(), 1, text.size(), f) == text.size();
+      for (const auto& kv : entries_)
+        ok = ok && std::fwrite(kv.second.bytes.data(), 1, kv.second.bytes.size(), f) == kv.second.bytes.size();
+      ok = ok && std::fflush(f) == 0 && ::fsync(::fileno(f)) == 0;
+      ok = (std::fclose(f) == 0) && ok;
+      if (!ok) {
+        std::remove(tmp.c_str());
+        ::headalign::detail::throw_io_error("cannot write '" + tmp + "' (disk full?)");
+      }
+    }
+    if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+      std::remove(tmp.c_str());
+      ::headalign::detail::throw_io_error("cannot rename '" + tmp + "' to '" + path + "'");
+    }
+  }
+
+ private:
+  struct Entry {
+    Dtype dtype;
+    std::vector<std::int64_t> shape;
+    std::vector<unsigned char> bytes;
+  };
+  std::map<std::string, Entry> entries_;
+  std::map<std::string, std::string> metadata_;
+};
+
+}  // namespace headalign::io
+
+#endif  // HEADALIGN_IO_SAFETENSORS_HPP

@@ -1,0 +1,1 @@
+#include <headalign/instantiate.hpp>
