@@ -168,7 +168,7 @@ int det_sign(const Matrix<S>& m) {
 
 /// Scaled Newton iteration for the polar factor of a nonsingular M (Higham, "Functions of
 /// Matrices", Alg. 8.20, (1,∞)-norm scaling). Returns false when M is too ill-conditioned for
-/// the iteration to be accurate (reciprocal condition estimate below √ε) or it fails to converge;
+/// the iteration to be accurate (reciprocal condition estimate below n·ε) or it fails to converge;
 /// the caller then uses an SVD.
 template <class S>
 bool newton_polar(const Matrix<S>& m, Matrix<S>& r, int& det_sign_out) {
@@ -182,8 +182,9 @@ bool newton_polar(const Matrix<S>& m, Matrix<S>& r, int& det_sign_out) {
   for (int it = 0; it < 40; ++it) {
     Eigen::PartialPivLU<Matrix<S>> lu(x);
     if (it == 0) {
-      // Accuracy of the iteration degrades like κ(M)·ε; near-singular M goes to the SVD.
-      if (!(lu.rcond() > sqrt(eps))) return false;
+      // Near-singular M (condition estimate above 1/(n·ε)) goes to the SVD: there the LU
+      // inverse, and so the iteration, loses all accuracy.
+      if (!(lu.rcond() > static_cast<S>(n) * eps)) return false;
       int sign = static_cast<int>(lu.permutationP().determinant());
       for (Index i = 0; i < n; ++i) sign = lu.matrixLU()(i, i) < S(0) ? -sign : sign;
       det_sign_out = sign;
