@@ -197,6 +197,14 @@ Grouping group_heads(const Matrix<S>& similarity, Index num_groups, GroupingOpti
     std::shuffle(perm.begin(), perm.end(), rng);
     for (Index p = 0; p < h; ++p) assign[static_cast<std::size_t>(perm[static_cast<std::size_t>(p)])] = p / k;
   };
+  // Two random heads of different groups (g ≥ 2 here, so the loop ends).
+  std::uniform_int_distribution<Index> pick(0, h - 1);
+  auto random_cross_pair = [&]() {
+    const Index a = pick(rng);
+    Index b = pick(rng);
+    while (assign[static_cast<std::size_t>(b)] == assign[static_cast<std::size_t>(a)]) b = pick(rng);
+    return std::make_pair(a, b);
+  };
   auto total = [&]() {
     double s = 0;
     for (Index i = 0; i < h; ++i)
@@ -208,14 +216,11 @@ Grouping group_heads(const Matrix<S>& similarity, Index num_groups, GroupingOpti
   if (options.method == GroupingOptions::Method::HillClimb) {
     // As the reference: propose swapping two random heads of different groups; keep the swap
     // only when the objective strictly improves. The gain is computed from the two groups.
-    std::uniform_int_distribution<Index> pick(0, h - 1);
     for (int r = 0; r < options.restarts; ++r) {
       random_start();
       double score = total();
       for (int it = 0; it < options.iterations; ++it) {
-        const Index a = pick(rng);
-        Index b = pick(rng);
-        while (assign[static_cast<std::size_t>(b)] == assign[static_cast<std::size_t>(a)]) b = pick(rng);
+        const auto [a, b] = random_cross_pair();
         const Index ga = assign[static_cast<std::size_t>(a)], gb = assign[static_cast<std::size_t>(b)];
         double gain = 0;
         for (Index j = 0; j < h; ++j) {
@@ -241,7 +246,6 @@ Grouping group_heads(const Matrix<S>& similarity, Index num_groups, GroupingOpti
     constexpr int kRandomEvery = 8;
     Matrix<double> gs(h, num_groups);
     const double eps = 1e-12 * (1.0 + sim.cwiseAbs().maxCoeff());
-    std::uniform_int_distribution<Index> pick(0, h - 1);
     std::uniform_int_distribution<Index> kick_size(2, std::max<Index>(2, h / 4));
     int since_best = 0;
     for (int r = 0; r < options.restarts; ++r) {
@@ -250,9 +254,7 @@ Grouping group_heads(const Matrix<S>& similarity, Index num_groups, GroupingOpti
       } else {
         assign = best_assign;
         for (Index s = kick_size(rng); s > 0; --s) {
-          const Index a = pick(rng);
-          Index b = pick(rng);
-          while (assign[static_cast<std::size_t>(b)] == assign[static_cast<std::size_t>(a)]) b = pick(rng);
+          const auto [a, b] = random_cross_pair();
           std::swap(assign[static_cast<std::size_t>(a)], assign[static_cast<std::size_t>(b)]);
         }
       }

@@ -152,11 +152,9 @@ Vector<S> singular_values(const Matrix<S>& m, [[maybe_unused]] PolarMethod metho
   return Eigen::JacobiSVD<Matrix<S>>(m).singularValues();
 }
 
-/// Sign (−1, 0, +1) of det(M) from an LU factorisation, without forming the (over/underflowing) product.
+/// Sign (−1, 0, +1) of det(M) from its LU factorisation, without forming the (over/underflowing) product.
 template <class S>
-int det_sign(const Matrix<S>& m) {
-  if (m.size() == 0) return 1;
-  Eigen::PartialPivLU<Matrix<S>> lu(m);
+int lu_det_sign(const Eigen::PartialPivLU<Matrix<S>>& lu) {
   int sign = static_cast<int>(lu.permutationP().determinant());
   const auto& f = lu.matrixLU();
   for (Index i = 0; i < f.rows(); ++i) {
@@ -164,6 +162,13 @@ int det_sign(const Matrix<S>& m) {
     if (f(i, i) < S(0)) sign = -sign;
   }
   return sign;
+}
+
+/// Sign (−1, 0, +1) of det(M).
+template <class S>
+int det_sign(const Matrix<S>& m) {
+  if (m.size() == 0) return 1;
+  return lu_det_sign<S>(Eigen::PartialPivLU<Matrix<S>>(m));
 }
 
 /// Scaled Newton iteration for the polar factor of a nonsingular M (Higham, "Functions of
@@ -185,9 +190,7 @@ bool newton_polar(const Matrix<S>& m, Matrix<S>& r, int& det_sign_out) {
       // Near-singular M (condition estimate above 1/(n·ε)) goes to the SVD: there the LU
       // inverse, and so the iteration, loses all accuracy.
       if (!(lu.rcond() > static_cast<S>(n) * eps)) return false;
-      int sign = static_cast<int>(lu.permutationP().determinant());
-      for (Index i = 0; i < n; ++i) sign = lu.matrixLU()(i, i) < S(0) ? -sign : sign;
-      det_sign_out = sign;
+      det_sign_out = lu_det_sign<S>(lu);
     }
     xinv = lu.inverse();
     S zeta = 1;
