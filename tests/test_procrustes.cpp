@@ -15,6 +15,7 @@ using namespace headalign;
 using headalign::test::gaussian;
 using headalign::test::orthogonality_error;
 using headalign::test::random_orthogonal;
+using headalign::test::random_rope_rotation;
 using headalign::test::random_rotation;
 using headalign::test::tol;
 
@@ -38,21 +39,6 @@ Matrix<S> small_rotation(Index d, std::mt19937_64& rng, double eps) {
   k = (k - k.transpose()).eval() * (0.5 * eps);
   const Matrix<double> i = Matrix<double>::Identity(d, d);
   return ((i - k).inverse() * (i + k)).cast<S>();
-}
-
-// Block rotation: one 2×2 rotation per RoPE plane, identity elsewhere.
-template <class S>
-Matrix<S> random_rope_rotation(Index d, const RopeSpec& rope, std::mt19937_64& rng) {
-  std::uniform_real_distribution<double> angle(-3.14159, 3.14159);
-  Matrix<S> r = Matrix<S>::Identity(d, d);
-  for (const auto& p : rope_planes(rope, d)) {
-    const double t = angle(rng);
-    r(p.first, p.first) = static_cast<S>(std::cos(t));
-    r(p.first, p.second) = static_cast<S>(-std::sin(t));
-    r(p.second, p.first) = static_cast<S>(std::sin(t));
-    r(p.second, p.second) = static_cast<S>(std::cos(t));
-  }
-  return r;
 }
 
 }  // namespace

@@ -3,6 +3,7 @@
 #define HEADALIGN_TEST_UTIL_HPP
 
 #include <headalign/config.hpp>
+#include <headalign/rope.hpp>
 
 #include <Eigen/QR>
 
@@ -39,6 +40,21 @@ Matrix<S> random_rotation(Index d, std::mt19937_64& rng) {
   Matrix<S> q = random_orthogonal<S>(d, rng);
   if (q.determinant() < 0) q.col(0) = -q.col(0);
   return q;
+}
+
+/// Block rotation: one 2×2 rotation per RoPE plane, identity elsewhere.
+template <class S>
+Matrix<S> random_rope_rotation(Index d, const RopeSpec& rope, std::mt19937_64& rng) {
+  std::uniform_real_distribution<double> angle(-3.14159, 3.14159);
+  Matrix<S> r = Matrix<S>::Identity(d, d);
+  for (const auto& p : rope_planes(rope, d)) {
+    const double t = angle(rng);
+    r(p.first, p.first) = static_cast<S>(std::cos(t));
+    r(p.first, p.second) = static_cast<S>(-std::sin(t));
+    r(p.second, p.first) = static_cast<S>(std::sin(t));
+    r(p.second, p.second) = static_cast<S>(std::cos(t));
+  }
+  return r;
 }
 
 /// Rounding tolerance for a computation over d terms of size `scale` in scalar S.

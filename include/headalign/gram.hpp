@@ -74,6 +74,7 @@ class HeadGram {
 
  public:
   using Scalar = S;
+  using Vec = Vector<S>;  ///< per-head vectors (energies, weights)
 
   /// @param num_heads H ≥ 1
   /// @param head_dim d ≥ 1

@@ -10,5 +10,9 @@
 #include "similarity.hpp"
 #include "grouping.hpp"
 #include "gpa.hpp"
+#include "transforms.hpp"
+#include "merge.hpp"
+#include "hard_concrete.hpp"
+#include "pipeline.hpp"
 
 #endif  // HEADALIGN_HEADALIGN_HPP

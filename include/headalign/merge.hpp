@@ -1,0 +1,268 @@
+/// @file merge.hpp
+/// @brief Merging aligned KV heads into grouped-query attention, the gated mixture used while
+/// fine-tuning, and the merge error predicted from the Gram before anything is merged.
+///
+/// Keys and values are linear in the projection weights: if KV head j of a group computes
+/// \f$ K_j = x W_{k,j}^\top + b_{k,j} \f$, the head with the group's mean weights and bias
+/// computes exactly \f$ \frac1k \sum_j K_j \f$. So mean-pooling weights (Sec. 3.5 of
+/// arXiv 2412.20677) replaces every head's keys by the group's mean shape, and the error this
+/// makes on the calibration tokens, \f$ \sum_j \mathbb{E}\|K_j - \bar K\|^2 \f$, is a function of
+/// the Gram blocks alone (predicted_merge_error()).
+#ifndef HEADALIGN_MERGE_HPP
+#define HEADALIGN_MERGE_HPP
+
+#include "gram.hpp"
+#include "transforms.hpp"
+
+#include <algorithm>
+#include <vector>
+
+namespace headalign {
+
+namespace detail {
+
+/// Checks per-KV-head merge weights: size, finite, non-negative, positive sum in every group.
+template <class S>
+void check_merge_weights(const Vector<S>& weights, Index kv_heads, Index group_size, const char* what) {
+  HEADALIGN_CHECK(weights.size() == kv_heads, what << " has " << weights.size() << " entries for " << kv_heads << " KV heads");
+  detail::check_finite(weights, what);
+  HEADALIGN_CHECK((weights.array() >= S(0)).all(), what << " must be non-negative");
+  for (Index g = 0; g < kv_heads / group_size; ++g)
+    HEADALIGN_CHECK(weights.segment(g * group_size, group_size).sum() > S(0),
+                    what << " sum to zero in group " << g << " (heads " << g * group_size << " … "
+                         << (g + 1) * group_size - 1 << ")");
+}
+
+}  // namespace detail
+
+/// @brief Merges the KV heads of a layer into @p num_groups contiguous groups by (weighted) mean.
+///
+/// KV head j goes to group j / (Hkv / g); the group's k and v rows and biases are
+/// \f$ \sum_{j \in g} w_j W_j / \sum_{j \in g} w_j \f$ (plain mean when the weights are empty).
+/// q and o are unchanged, `num_kv_heads` becomes g, and query head h reads KV head
+/// h / (H / g) — Hugging Face `repeat_kv`, `num_key_value_heads = g`. Works on an MHA layer
+/// (usually after apply_alignment()) and on a GQA layer (merging further).
+///
+/// @param key_weights per-KV-head weights for k (empty = equal), e.g. head_energies() of the key Gram
+/// @param value_weights per-KV-head weights for v (empty = equal)
+/// @throws invalid_argument when num_kv_heads is not divisible by @p num_groups, for invalid
+///         weights (negative, non-finite, zero sum in a group) or an inconsistent layer
+template <class S>
+AttentionWeights<S> merge_to_gqa(const AttentionWeights<S>& w, Index num_groups,
+                                 const typename AttentionWeights<S>::Vec& key_weights = {},
+                                 const typename AttentionWeights<S>::Vec& value_weights = {}) {
+  w.validate();
+  HEADALIGN_CHECK(num_groups > 0 && w.num_kv_heads % num_groups == 0,
+                  "merge_to_gqa: num_kv_heads (" << w.num_kv_heads << ") is not divisible by num_groups (" << num_groups << ")");
+  const Index d = w.head_dim, k = w.num_kv_heads / num_groups;
+  if (key_weights.size() != 0) detail::check_merge_weights(key_weights, w.num_kv_heads, k, "merge_to_gqa: key_weights");
+  if (value_weights.size() != 0) detail::check_merge_weights(value_weights, w.num_kv_heads, k, "merge_to_gqa: value_weights");
+
+  using Rows = typename AttentionWeights<S>::Rows;
+  using Vec = typename AttentionWeights<S>::Vec;
+  auto merge_rows = [&](const Rows& src, const Vector<S>& weights) {
+    Rows out = Rows::Zero(num_groups * d, src.cols());
+    for (Index g = 0; g < num_groups; ++g) {
+      const S total = weights.size() ? weights.segment(g * k, k).sum() : static_cast<S>(k);
+      for (Index j = g * k; j < (g + 1) * k; ++j)
+        out.middleRows(g * d, d) += ((weights.size() ? weights(j) : S(1)) / total) * src.middleRows(j * d, d);
+    }
+    return out;
+  };
+  auto merge_bias = [&](const Vec& src, const Vector<S>& weights) {
+    if (src.size() == 0) return Vec();
+    Vec out = Vec::Zero(num_groups * d);
+    for (Index g = 0; g < num_groups; ++g) {
+      const S total = weights.size() ? weights.segment(g * k, k).sum() : static_cast<S>(k);
+      for (Index j = g * k; j < (g + 1) * k; ++j)
+        out.segment(g * d, d) += ((weights.size() ? weights(j) : S(1)) / total) * src.segment(j * d, d);
+    }
+    return out;
+  };
+  AttentionWeights<S> out;
+  out.num_heads = w.num_heads;
+  out.num_kv_heads = num_groups;
+  out.head_dim = d;
+  out.q = w.q;
+  out.o = w.o;
+  out.q_bias = w.q_bias;
+  out.o_bias = w.o_bias;
+  out.k = merge_rows(w.k, key_weights);
+  out.v = merge_rows(w.v, value_weights);
+  out.k_bias = merge_bias(w.k_bias, key_weights);
+  out.v_bias = merge_bias(w.v_bias, value_weights);
+  return out;
+}
+
+/// @brief Per-head calibration energy \f$ \mathrm{tr}\,G_{hh} / n = \mathbb{E}\|x_h\|^2 \f$, a
+/// natural weight for merge_to_gqa() (heads that carry more signal count more).
+template <class S>
+Vector<S> head_energies(const HeadGram<S>& g) {
+  HEADALIGN_CHECK(g.tokens() > 0, "head_energies: the HeadGram holds no tokens");
+  Vector<S> e(g.num_heads());
+  for (Index h = 0; h < g.num_heads(); ++h) e(h) = g.trace(h) / static_cast<S>(g.tokens());
+  return e;
+}
+
+/// @brief The gated mixture of fine-tuning, on weights: every original KV head h gets
+/// \f$ z_h W_h + (1 - z_h) W_{\mathrm{group}(h)} \f$ for k and v (rows and biases).
+///
+/// @p mha is the aligned MHA layer, @p gqa its merge_to_gqa(); the result is an MHA-layout layer
+/// (num_kv_heads = num_heads): z = 1 everywhere gives @p mha, z = 0 everywhere a layer that
+/// computes exactly what @p gqa computes. The reference trains one gate per original KV head,
+/// shared by k and v ([layers, groups, heads_per_group]) and drives all of them to 0.
+/// @param key_gates z per original KV head for k (any real values; training keeps them in [0, 1])
+/// @param value_gates z per original KV head for v
+/// @throws invalid_argument when the two layers do not belong together or the gates' sizes differ
+template <class S>
+AttentionWeights<S> gated_weights(const AttentionWeights<S>& mha, const AttentionWeights<S>& gqa,
+                                  const typename AttentionWeights<S>::Vec& key_gates,
+                                  const typename AttentionWeights<S>::Vec& value_gates) {
+  mha.validate();
+  gqa.validate();
+  const Index h = mha.num_kv_heads, d = mha.head_dim, g = gqa.num_kv_heads;
+  HEADALIGN_CHECK(gqa.head_dim == d && gqa.hidden_size() == mha.hidden_size() && g > 0 && h % g == 0,
+                  "gated_weights: the GQA layer (" << g << " KV heads × " << gqa.head_dim << ", hidden "
+                                                   << gqa.hidden_size() << ") does not merge the MHA layer ("
+                                                   << h << " × " << d << ", hidden " << mha.hidden_size() << ")");
+  HEADALIGN_CHECK(mha.k_bias.size() == 0 ? gqa.k_bias.size() == 0 : gqa.k_bias.size() == g * d,
+                  "gated_weights: k biases of the MHA and GQA layers do not correspond");
+  HEADALIGN_CHECK(mha.v_bias.size() == 0 ? gqa.v_bias.size() == 0 : gqa.v_bias.size() == g * d,
+                  "gated_weights: v biases of the MHA and GQA layers do not correspond");
+  HEADALIGN_CHECK(key_gates.size() == h && value_gates.size() == h,
+                  "gated_weights: " << key_gates.size() << " key and " << value_gates.size() << " value gates for " << h
+                                    << " KV heads");
+  detail::check_finite(key_gates, "gated_weights: key_gates");
+  detail::check_finite(value_gates, "gated_weights: value_gates");
+  const Index k = h / g;
+  AttentionWeights<S> out = mha;
+  for (Index j = 0; j < h; ++j) {
+    const S zk = key_gates(j), zv = value_gates(j);
+    const Index grp = j / k;
+    out.k.middleRows(j * d, d) = zk * mha.k.middleRows(j * d, d) + (S(1) - zk) * gqa.k.middleRows(grp * d, d);
+    out.v.middleRows(j * d, d) = zv * mha.v.middleRows(j * d, d) + (S(1) - zv) * gqa.v.middleRows(grp * d, d);
+    if (out.k_bias.size())
+      out.k_bias.segment(j * d, d) = zk * mha.k_bias.segment(j * d, d) + (S(1) - zk) * gqa.k_bias.segment(grp * d, d);
+    if (out.v_bias.size())
+      out.v_bias.segment(j * d, d) = zv * mha.v_bias.segment(j * d, d) + (S(1) - zv) * gqa.v_bias.segment(grp * d, d);
+  }
+  return out;
+}
+
+/// @brief The gated mixture on activations: column block h of the result is
+/// \f$ z_h A_h + (1 - z_h) B_{h / (H/g)} \f$, for per-head activations @p per_head (n × H·d)
+/// and per-group activations @p per_group (n × g·d), e.g. keys or values of a batch.
+/// Equal to the activations of gated_weights() (keys and values are linear in the weights).
+/// @throws invalid_argument for inconsistent shapes
+template <class DA, class DB, class DZ>
+Matrix<typename DA::Scalar> gate_mix(const Eigen::MatrixBase<DA>& per_head, const Eigen::MatrixBase<DB>& per_group,
+                                     const Eigen::DenseBase<DZ>& gates, Index head_dim) {
+  using S = typename DA::Scalar;
+  HEADALIGN_CHECK(head_dim > 0 && per_head.cols() % head_dim == 0 && per_group.cols() % head_dim == 0,
+                  "gate_mix: " << per_head.cols() << " and " << per_group.cols() << " columns are not multiples of head_dim ("
+                               << head_dim << ")");
+  const Index h = per_head.cols() / head_dim, g = per_group.cols() / head_dim;
+  HEADALIGN_CHECK(g > 0 && h % g == 0, "gate_mix: " << h << " heads are not divisible into " << g << " groups");
+  HEADALIGN_CHECK(per_group.rows() == per_head.rows(),
+                  "gate_mix: " << per_head.rows() << " rows of heads but " << per_group.rows() << " rows of groups");
+  HEADALIGN_CHECK(gates.size() == h, "gate_mix: " << gates.size() << " gates for " << h << " heads");
+  Matrix<S> out(per_head.rows(), per_head.cols());
+  for (Index j = 0; j < h; ++j) {
+    const S z = static_cast<S>(gates.derived().coeff(j));
+    out.middleCols(j * head_dim, head_dim) = z * per_head.middleCols(j * head_dim, head_dim) +
+                                             (S(1) - z) * per_group.middleCols((j / (h / g)) * head_dim, head_dim);
+  }
+  return out;
+}
+
+/// @brief Predicted cost of merging, from the Gram alone (see predicted_merge_error()).
+template <class S>
+struct MergeError {
+  Vector<S> per_head;   ///< per head index: \f$ \mathbb{E}\|x_h R_h - m_{\mathrm{group}(h)}\|^2 \f$
+  Vector<S> per_group;  ///< per group: the sum over its heads
+  S total = 0;          ///< the sum over all heads
+  S energy = 0;         ///< \f$ \sum_h \mathbb{E}\|x_h\|^2 \f$ over the grouped heads
+  /// total / energy: the fraction of the heads' signal that merging loses (0 = lossless)
+  S relative() const { return energy > S(0) ? total / energy : S(0); }
+};
+
+/// @brief The error that merging will make, predicted from the Gram before any merging happens.
+///
+/// For a group of heads t with transforms \f$ R_t \f$ and merge weights \f$ w_t \f$, the merged
+/// head computes the weighted mean shape \f$ m = \sum_u w_u x_u R_u / \sum_u w_u \f$ per token.
+/// Head t's expected squared error is
+/// \f[ e_t = \frac1n\Big[\mathrm{tr}\,G_{tt} - 2\,\frac{\sum_u w_u \mathrm{tr}(R_t^\top G_{tu} R_u)}{W}
+///          + \frac{\sum_{u,v} w_u w_v \mathrm{tr}(R_u^\top G_{uv} R_v)}{W^2}\Big],\quad W = \sum_u w_u, \f]
+/// which is exactly what the GQA layer from merge_to_gqa() makes on the calibration tokens when
+/// @p g accumulated the (unnormalised) projection outputs — biases included when the tokens were,
+/// since the bias merges by the same mean. With a row-normalised Gram it is the same quantity
+/// for unit-length head vectors. Comparing the relative error across layers and group counts
+/// lets a user choose how many KV heads each layer keeps before converting.
+///
+/// @param groups disjoint groups of head indices (every group non-empty; heads not listed are ignored)
+/// @param rotations per head index, d × d (empty = identities: plain mean-pool)
+/// @param weights per head index, the merge weights (empty = equal)
+/// @throws invalid_argument for out-of-range or repeated heads, wrong sizes, an empty Gram
+template <class S>
+MergeError<S> predicted_merge_error(const HeadGram<S>& g, const std::vector<std::vector<Index>>& groups,
+                                    const std::vector<Matrix<S>>& rotations = {},
+                                    const typename HeadGram<S>::Vec& weights = {}) {
+  const Index h = g.num_heads(), d = g.head_dim();
+  HEADALIGN_CHECK(g.tokens() > 0, "predicted_merge_error: the HeadGram holds no tokens");
+  HEADALIGN_CHECK(rotations.empty() || static_cast<Index>(rotations.size()) == h,
+                  "predicted_merge_error: " << rotations.size() << " rotations for " << h << " heads");
+  for (const auto& r : rotations)
+    HEADALIGN_CHECK(r.rows() == d && r.cols() == d,
+                    "predicted_merge_error: a rotation is " << r.rows() << " × " << r.cols() << ", expected " << d << " × " << d);
+  HEADALIGN_CHECK(weights.size() == 0 || weights.size() == h,
+                  "predicted_merge_error: " << weights.size() << " weights for " << h << " heads");
+  if (weights.size()) {
+    detail::check_finite(weights, "predicted_merge_error: weights");
+    HEADALIGN_CHECK((weights.array() >= S(0)).all(), "predicted_merge_error: weights must be non-negative");
+  }
+  std::vector<char> seen(static_cast<std::size_t>(h), 0);
+  for (const auto& grp : groups) {
+    HEADALIGN_CHECK(!grp.empty(), "predicted_merge_error: a group is empty");
+    for (Index t : grp) {
+      HEADALIGN_CHECK(t >= 0 && t < h, "predicted_merge_error: head " << t << " out of range for " << h << " heads");
+      HEADALIGN_CHECK(!seen[static_cast<std::size_t>(t)], "predicted_merge_error: head " << t << " is in two groups");
+      seen[static_cast<std::size_t>(t)] = 1;
+    }
+  }
+
+  const S n = static_cast<S>(g.tokens());
+  MergeError<S> err;
+  err.per_head = Vector<S>::Zero(h);
+  err.per_group = Vector<S>::Zero(static_cast<Index>(groups.size()));
+  for (std::size_t gi = 0; gi < groups.size(); ++gi) {
+    const auto& grp = groups[gi];
+    const std::size_t k = grp.size();
+    Vector<S> w(static_cast<Index>(k));
+    for (std::size_t t = 0; t < k; ++t) w(static_cast<Index>(t)) = weights.size() ? weights(grp[t]) : S(1);
+    const S total_w = w.sum();
+    HEADALIGN_CHECK(total_w > S(0), "predicted_merge_error: the weights of group " << gi << " sum to zero");
+    // c(t, u) = tr(R_tᵀ G_tu R_u) = ⟨G_tu R_u, R_t⟩.
+    Matrix<S> c(static_cast<Index>(k), static_cast<Index>(k));
+    for (std::size_t t = 0; t < k; ++t)
+      for (std::size_t u = t; u < k; ++u) {
+        Matrix<S> gtu = g.block(grp[t], grp[u]);
+        if (!rotations.empty()) gtu = rotations[static_cast<std::size_t>(grp[t])].transpose() * gtu * rotations[static_cast<std::size_t>(grp[u])];
+        c(static_cast<Index>(t), static_cast<Index>(u)) = c(static_cast<Index>(u), static_cast<Index>(t)) = gtu.trace();
+      }
+    const S mean_sq = w.dot(c * w) / (total_w * total_w);
+    const Vector<S> cross = c * w / total_w;
+    for (std::size_t t = 0; t < k; ++t) {
+      const Index ti = static_cast<Index>(t);
+      const S e = std::max(S(0), (c(ti, ti) - S(2) * cross(ti) + mean_sq) / n);
+      err.per_head(grp[t]) = e;
+      err.per_group(static_cast<Index>(gi)) += e;
+      err.energy += c(ti, ti) / n;
+    }
+    err.total += err.per_group(static_cast<Index>(gi));
+  }
+  return err;
+}
+
+}  // namespace headalign
+
+#endif  // HEADALIGN_MERGE_HPP
