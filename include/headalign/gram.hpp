@@ -17,6 +17,8 @@
 #include <cmath>
 #include <string>
 #include <type_traits>
+#include <utility>
+#include <vector>
 
 #ifdef HEADALIGN_USE_BLAS
 #include <cblas.h>
@@ -212,15 +214,9 @@ class HeadGram {
   /// @throws io_error when the file cannot be written
   void save(const std::string& path) const {
     io::SafetensorsWriter w;
-    const Matrix<S> full = gram();
-    // Column-major symmetric == row-major: the buffer is already the row-major tensor.
-    w.add("gram", {dim(), dim()}, full.data());
+    write_to(w, "");
     w.set_metadata("format", "headalign.HeadGram");
     w.set_metadata("version", "1");
-    w.set_metadata("num_heads", std::to_string(h_));
-    w.set_metadata("head_dim", std::to_string(d_));
-    w.set_metadata("tokens", std::to_string(tokens_));
-    w.set_metadata("normalize_rows", normalize_ ? "1" : "0");
     w.write(path);
   }
 
@@ -228,36 +224,71 @@ class HeadGram {
   /// @throws io_error when the file is malformed, inconsistent, non-symmetric or holds NaN/Inf
   static HeadGram load(const std::string& path) {
     io::SafetensorsReader r(path);
+    check_format(r, "headalign.HeadGram");
+    return read_from(r, "");
+  }
+
+  /// @brief Adds this Gram to @p w as tensor @p name (or "gram" when empty) [H·d, H·d] with
+  /// metadata `<name>.num_heads`, `.head_dim`, `.tokens`, `.normalize_rows` (no prefix when empty).
+  void write_to(io::SafetensorsWriter& w, const std::string& name) const {
+    const Matrix<S> full = gram();
+    // Column-major symmetric == row-major: the buffer is already the row-major tensor.
+    w.add(name.empty() ? std::string("gram") : name, {dim(), dim()}, full.data());
+    const std::string p = name.empty() ? std::string() : name + ".";
+    w.set_metadata(p + "num_heads", std::to_string(h_));
+    w.set_metadata(p + "head_dim", std::to_string(d_));
+    w.set_metadata(p + "tokens", std::to_string(tokens_));
+    w.set_metadata(p + "normalize_rows", normalize_ ? "1" : "0");
+  }
+
+  /// @brief Reads the Gram named @p name (as written by write_to()) from an open file.
+  /// @throws io_error when it is missing, inconsistent, non-symmetric or holds NaN/Inf
+  static HeadGram read_from(io::SafetensorsReader& r, const std::string& name) {
+    const std::string& path = r.path();
+    const std::string tensor = name.empty() ? std::string("gram") : name;
+    const std::string p = name.empty() ? std::string() : name + ".";
     const auto& meta = r.metadata();
-    auto field = [&](const char* key) -> const std::string& {
-      auto it = meta.find(key);
-      if (it == meta.end()) detail::throw_io_error("HeadGram file '" + path + "' lacks metadata '" + key + "'");
+    auto field = [&](const std::string& key) -> const std::string& {
+      auto it = meta.find(p + key);
+      if (it == meta.end()) detail::throw_io_error("HeadGram file '" + path + "' lacks metadata '" + p + key + "'");
       return it->second;
     };
-    auto integer = [&](const char* key) {
+    auto integer = [&](const std::string& key) {
       const std::string& s = field(key);
       if (s.empty() || s.size() > 18 || s.find_first_not_of("0123456789") != std::string::npos)
-        detail::throw_io_error("HeadGram file '" + path + "': metadata '" + key + "' = '" + s + "' is not a non-negative integer");
+        detail::throw_io_error("HeadGram file '" + path + "': metadata '" + p + key + "' = '" + s +
+                               "' is not a non-negative integer");
       return static_cast<Index>(std::stoll(s));
     };
-    if (field("format") != "headalign.HeadGram") detail::throw_io_error("'" + path + "' is not a HeadGram file");
-    if (field("version") != "1") detail::throw_io_error("HeadGram file '" + path + "' has unsupported version " + field("version"));
     const Index h = integer("num_heads"), d = integer("head_dim"), n = integer("tokens");
     const std::string& norm = field("normalize_rows");
-    if (norm != "0" && norm != "1") detail::throw_io_error("HeadGram file '" + path + "': normalize_rows must be 0 or 1");
+    if (norm != "0" && norm != "1") detail::throw_io_error("HeadGram file '" + path + "': " + p + "normalize_rows must be 0 or 1");
     if (h <= 0 || d <= 0 || h > (1 << 16) || d > (1 << 16) || h * d > (1 << 16))
       detail::throw_io_error("HeadGram file '" + path + "': implausible num_heads " + std::to_string(h) + " / head_dim " + std::to_string(d));
-    const auto& info = r.info("gram");
+    if (!r.contains(tensor)) detail::throw_io_error("HeadGram file '" + path + "' has no tensor '" + tensor + "'");
+    const auto& info = r.info(tensor);
     if (info.shape.size() != 2 || info.shape[0] != h * d || info.shape[1] != h * d)
-      detail::throw_io_error("HeadGram file '" + path + "': tensor 'gram' is not [" + std::to_string(h * d) + ", " +
+      detail::throw_io_error("HeadGram file '" + path + "': tensor '" + tensor + "' is not [" + std::to_string(h * d) + ", " +
                              std::to_string(h * d) + "]");
     HeadGram g(h, d, norm == "1");
-    r.read("gram", 0, static_cast<std::uint64_t>(g.dim() * g.dim()), g.g_.data());
-    if (!g.g_.allFinite()) detail::throw_io_error("HeadGram file '" + path + "' holds NaN or Inf");
-    if (g.g_ != g.g_.transpose()) detail::throw_io_error("HeadGram file '" + path + "': 'gram' is not symmetric");
-    if ((g.g_.diagonal().array() < S(0)).any()) detail::throw_io_error("HeadGram file '" + path + "': 'gram' has a negative diagonal");
+    r.read(tensor, 0, static_cast<std::uint64_t>(g.dim() * g.dim()), g.g_.data());
+    if (!g.g_.allFinite()) detail::throw_io_error("HeadGram file '" + path + "': '" + tensor + "' holds NaN or Inf");
+    if (g.g_ != g.g_.transpose()) detail::throw_io_error("HeadGram file '" + path + "': '" + tensor + "' is not symmetric");
+    if ((g.g_.diagonal().array() < S(0)).any())
+      detail::throw_io_error("HeadGram file '" + path + "': '" + tensor + "' has a negative diagonal");
     g.tokens_ = n;
     return g;
+  }
+
+  /// @brief Throws io_error unless @p r's metadata says format = @p format, version = 1.
+  static void check_format(const io::SafetensorsReader& r, const std::string& format) {
+    const auto& meta = r.metadata();
+    auto it = meta.find("format");
+    if (it == meta.end() || it->second != format)
+      detail::throw_io_error("'" + r.path() + "' is not a " + format + " file (metadata 'format' is missing or differs)");
+    auto v = meta.find("version");
+    if (v == meta.end() || v->second != "1")
+      detail::throw_io_error("'" + r.path() + "' has unsupported version " + (v == meta.end() ? std::string("(none)") : v->second));
   }
 
  private:
@@ -290,6 +321,38 @@ class HeadGram {
   Index tokens_ = 0;
   Matrix<S> g_;  // lower triangle of G = Σ x xᵀ
 };
+
+/// @brief Saves several named Grams (e.g. "layers.0.key", "layers.0.value", …) in one
+/// safetensors file (format = "headalign.HeadGramSet"), atomically: calibrate once, convert
+/// many times.
+/// @throws io_error when the file cannot be written
+template <class S>
+void save_grams(const std::string& path, const std::vector<std::pair<std::string, const HeadGram<S>*>>& grams) {
+  io::SafetensorsWriter w;
+  for (const auto& kv : grams) {
+    HEADALIGN_CHECK(!kv.first.empty() && kv.second != nullptr, "save_grams: every Gram needs a name");
+    kv.second->write_to(w, kv.first);
+  }
+  w.set_metadata("format", "headalign.HeadGramSet");
+  w.set_metadata("version", "1");
+  w.write(path);
+}
+
+/// @brief Whether @p path is a Gram set written by save_grams() (reads the header only).
+inline bool is_gram_set(const std::string& path) {
+  io::SafetensorsReader r(path);
+  auto it = r.metadata().find("format");
+  return it != r.metadata().end() && it->second == "headalign.HeadGramSet";
+}
+
+/// @brief Loads the Gram @p name from a file written by save_grams().
+/// @throws io_error when the file is not a Gram set or lacks @p name
+template <class S>
+HeadGram<S> load_gram(const std::string& path, const std::string& name) {
+  io::SafetensorsReader r(path);
+  HeadGram<S>::check_format(r, "headalign.HeadGramSet");
+  return HeadGram<S>::read_from(r, name);
+}
 
 }  // namespace headalign
 

@@ -45,6 +45,7 @@ struct PlanOptions {
 template <class S>
 struct LayerPlan {
   Grouping grouping;          ///< groups of original head indices; group c becomes KV head c
+  Matrix<S> similarity;       ///< the H × H similarity that grouped the heads (empty for GroupBy::None)
   std::vector<Index> order;   ///< new head p is old head order[p] (the groups, concatenated)
   std::vector<Matrix<S>> key_rotations;    ///< per new head
   std::vector<Matrix<S>> value_rotations;  ///< per new head
@@ -83,23 +84,20 @@ LayerPlan<S> plan_layer(const HeadGram<S>& keys, const HeadGram<S>& values, cons
                   "plan_layer: num_heads (" << h << ") is not divisible by num_groups (" << options.num_groups << ")");
   LayerPlan<S> plan;
   switch (options.group_by) {
-    case GroupBy::None:
-      plan.grouping = group_contiguous(h, options.num_groups);
-      break;
+    case GroupBy::None: break;
     case GroupBy::Key:
-      plan.grouping = group_heads(similarity_matrix(keys, options.key_alignment, options.metric, options.rope),
-                                  options.num_groups, options.grouping);
+      plan.similarity = similarity_matrix(keys, options.key_alignment, options.metric, options.rope);
       break;
     case GroupBy::Value:
-      plan.grouping = group_heads(similarity_matrix(values, options.value_alignment, options.metric, options.rope),
-                                  options.num_groups, options.grouping);
+      plan.similarity = similarity_matrix(values, options.value_alignment, options.metric, options.rope);
       break;
     case GroupBy::Joint:
-      plan.grouping = group_heads(joint_similarity(keys, options.key_alignment, values, options.value_alignment,
-                                                   options.metric, options.rope),
-                                  options.num_groups, options.grouping);
+      plan.similarity = joint_similarity(keys, options.key_alignment, values, options.value_alignment, options.metric,
+                                         options.rope);
       break;
   }
+  plan.grouping = options.group_by == GroupBy::None ? group_contiguous(h, options.num_groups)
+                                                    : group_heads(plan.similarity, options.num_groups, options.grouping);
   std::vector<Matrix<S>> key_by_head(static_cast<std::size_t>(h)), value_by_head(static_cast<std::size_t>(h));
   for (const auto& grp : plan.grouping.groups) {
     plan.key_gpa.push_back(align_group(keys, grp, options.key_alignment, options.rope, options.gpa));

@@ -28,29 +28,68 @@
 
 namespace headalign::io {
 
-/// @brief Element types of safetensors tensors that headalign reads and writes.
-enum class Dtype { F16, BF16, F32, F64 };
+/// @brief Element types of safetensors tensors. Floating types are read with conversion
+/// (read(), read_all()); every type can be copied bit-exact (read_raw(), SafetensorsWriter::add_raw()).
+enum class Dtype { F16, BF16, F32, F64, BOOL, U8, I8, U16, I16, U32, I32, U64, I64, F8_E4M3, F8_E5M2 };
 
 /// Bytes per element of @p dtype.
 inline std::size_t dtype_size(Dtype dtype) {
   switch (dtype) {
+    case Dtype::BOOL:
+    case Dtype::U8:
+    case Dtype::I8:
+    case Dtype::F8_E4M3:
+    case Dtype::F8_E5M2: return 1;
     case Dtype::F16:
-    case Dtype::BF16: return 2;
-    case Dtype::F32: return 4;
-    case Dtype::F64: return 8;
+    case Dtype::BF16:
+    case Dtype::U16:
+    case Dtype::I16: return 2;
+    case Dtype::F32:
+    case Dtype::U32:
+    case Dtype::I32: return 4;
+    case Dtype::F64:
+    case Dtype::U64:
+    case Dtype::I64: return 8;
   }
   return 0;
 }
 
+namespace detail {
+struct DtypeName {
+  Dtype dtype;
+  const char* name;
+};
+inline const DtypeName* dtype_names() {
+  static const DtypeName names[] = {{Dtype::F16, "F16"},   {Dtype::BF16, "BF16"},       {Dtype::F32, "F32"},
+                                    {Dtype::F64, "F64"},   {Dtype::BOOL, "BOOL"},       {Dtype::U8, "U8"},
+                                    {Dtype::I8, "I8"},     {Dtype::U16, "U16"},         {Dtype::I16, "I16"},
+                                    {Dtype::U32, "U32"},   {Dtype::I32, "I32"},         {Dtype::U64, "U64"},
+                                    {Dtype::I64, "I64"},   {Dtype::F8_E4M3, "F8_E4M3"}, {Dtype::F8_E5M2, "F8_E5M2"}};
+  return names;
+}
+constexpr int kDtypeCount = 15;
+}  // namespace detail
+
 /// The safetensors name of @p dtype ("F32", ...).
 inline const char* dtype_name(Dtype dtype) {
-  switch (dtype) {
-    case Dtype::F16: return "F16";
-    case Dtype::BF16: return "BF16";
-    case Dtype::F32: return "F32";
-    case Dtype::F64: return "F64";
-  }
+  for (int i = 0; i < detail::kDtypeCount; ++i)
+    if (detail::dtype_names()[i].dtype == dtype) return detail::dtype_names()[i].name;
   return "?";
+}
+
+/// Parses a safetensors dtype name; false when it is not one of Dtype's.
+inline bool parse_dtype(const std::string& name, Dtype& out) {
+  for (int i = 0; i < detail::kDtypeCount; ++i)
+    if (name == detail::dtype_names()[i].name) {
+      out = detail::dtype_names()[i].dtype;
+      return true;
+    }
+  return false;
+}
+
+/// Whether read() converts @p dtype (F16, BF16, F32, F64).
+inline bool is_float(Dtype dtype) {
+  return dtype == Dtype::F16 || dtype == Dtype::BF16 || dtype == Dtype::F32 || dtype == Dtype::F64;
 }
 
 /// The dtype of scalar @p T (float or double).
@@ -122,6 +161,67 @@ void convert(Dtype dtype, const unsigned char* src, std::size_t count, T* dst) {
         dst[i] = static_cast<T>(f);
         break;
       }
+      default: return;  // callers check is_float() first
+    }
+  }
+}
+
+/// float → IEEE half, round to nearest even (overflow to ±Inf, NaN kept quiet).
+inline std::uint16_t float_to_half(float f) {
+  std::uint32_t x;
+  std::memcpy(&x, &f, 4);
+  const std::uint16_t sign = static_cast<std::uint16_t>((x >> 16) & 0x8000u);
+  const std::uint32_t abs = x & 0x7fffffffu;
+  if (abs >= 0x7f800000u) return static_cast<std::uint16_t>(sign | 0x7c00u | (abs > 0x7f800000u ? 0x200u : 0u));
+  if (abs >= 0x477ff000u) return static_cast<std::uint16_t>(sign | 0x7c00u);  // rounds past 65504
+  if (abs < 0x38800000u) {  // subnormal half (or zero): value / 2^-24, rounded to even
+    if (abs < 0x33000000u) return sign;  // below half the smallest subnormal
+    const std::uint32_t mant = (abs & 0x7fffffu) | 0x800000u;
+    const int shift = 126 - static_cast<int>(abs >> 23);  // 14 … 24
+    const std::uint32_t q = mant >> shift, rem = mant & ((1u << shift) - 1), half = 1u << (shift - 1);
+    return static_cast<std::uint16_t>(sign | (q + ((rem > half || (rem == half && (q & 1u))) ? 1u : 0u)));
+  }
+  const std::uint32_t base = abs - 0x38000000u;  // rebias exponent 127 → 15
+  const std::uint32_t q = base >> 13, rem = base & 0x1fffu;
+  return static_cast<std::uint16_t>(sign | (q + ((rem > 0x1000u || (rem == 0x1000u && (q & 1u))) ? 1u : 0u)));
+}
+
+/// float → bfloat16, round to nearest even (NaN kept quiet).
+inline std::uint16_t float_to_bf16(float f) {
+  std::uint32_t x;
+  std::memcpy(&x, &f, 4);
+  if ((x & 0x7fffffffu) > 0x7f800000u) return static_cast<std::uint16_t>((x >> 16) | 0x40u);
+  const std::uint32_t rounding = 0x7fffu + ((x >> 16) & 1u);
+  return static_cast<std::uint16_t>((x + rounding) >> 16);
+}
+
+/// Converts @p count values to little-endian elements of floating @p dtype at @p dst.
+template <class T>
+void convert_to(Dtype dtype, const T* src, std::size_t count, unsigned char* dst) {
+  for (std::size_t i = 0; i < count; ++i) {
+    unsigned char* p = dst + i * dtype_size(dtype);
+    switch (dtype) {
+      case Dtype::F16: {
+        const std::uint16_t h = float_to_half(static_cast<float>(src[i]));
+        std::memcpy(p, &h, 2);
+        break;
+      }
+      case Dtype::BF16: {
+        const std::uint16_t h = float_to_bf16(static_cast<float>(src[i]));
+        std::memcpy(p, &h, 2);
+        break;
+      }
+      case Dtype::F32: {
+        const float f = static_cast<float>(src[i]);
+        std::memcpy(p, &f, 4);
+        break;
+      }
+      case Dtype::F64: {
+        const double f = static_cast<double>(src[i]);
+        std::memcpy(p, &f, 8);
+        break;
+      }
+      default: ::headalign::detail::throw_invalid_argument(std::string("cannot convert values to dtype ") + dtype_name(dtype));
     }
   }
 }
@@ -198,6 +298,8 @@ class SafetensorsReader {
   template <class T>
   void read(const std::string& name, std::uint64_t first, std::uint64_t count, T* out) {
     const TensorInfo& t = info(name);
+    if (!is_float(t.dtype))
+      fail("tensor '" + name + "' has dtype " + dtype_name(t.dtype) + ", not a floating type (F16, BF16, F32, F64)");
     if (first > t.numel() || count > t.numel() - first)
       fail("read of elements [" + std::to_string(first) + ", " + std::to_string(first + count) + ") of '" + name +
            "' past its " + std::to_string(t.numel()) + " elements");
@@ -213,6 +315,25 @@ class SafetensorsReader {
       if (!in_) fail("cannot read the data of '" + name + "' (file truncated or changed while reading?)");
       detail::convert(t.dtype, buf.data(), static_cast<std::size_t>(k), out + done);
     }
+  }
+
+  /// The bytes of tensor @p name exactly as stored (any dtype, little-endian).
+  std::vector<unsigned char> read_raw(const std::string& name) {
+    const TensorInfo& t = info(name);
+    std::vector<unsigned char> out(static_cast<std::size_t>(t.end - t.begin));
+    in_.clear();
+    in_.seekg(static_cast<std::streamoff>(data_start_ + t.begin));
+    in_.read(reinterpret_cast<char*>(out.data()), static_cast<std::streamsize>(out.size()));
+    if (!in_) fail("cannot read the data of '" + name + "' (file truncated or changed while reading?)");
+    return out;
+  }
+
+  /// Names of the tensors in the order of their data in the file.
+  std::vector<std::string> names_in_file_order() const {
+    std::vector<std::string> out = names();
+    std::sort(out.begin(), out.end(),
+              [&](const std::string& a, const std::string& b) { return tensors_.at(a).begin < tensors_.at(b).begin; });
+    return out;
   }
 
   /// Reads a whole tensor, converted to T.
@@ -254,11 +375,7 @@ class SafetensorsReader {
       const auto& dt = v["dtype"];
       if (!dt.is_string()) fail("dtype of '" + name + "' is not a string");
       const std::string d = dt.get<std::string>();
-      if (d == "F16") t.dtype = Dtype::F16;
-      else if (d == "BF16") t.dtype = Dtype::BF16;
-      else if (d == "F32") t.dtype = Dtype::F32;
-      else if (d == "F64") t.dtype = Dtype::F64;
-      else fail("tensor '" + name + "' has unsupported dtype '" + d + "' (F16, BF16, F32, F64 are read)");
+      if (!parse_dtype(d, t.dtype)) fail("tensor '" + name + "' has unknown dtype '" + d + "'");
       if (!v["shape"].is_array()) fail("shape of '" + name + "' is not an array");
       std::uint64_t numel = 1;
       for (const auto& s : v["shape"]) {
@@ -320,6 +437,42 @@ class SafetensorsWriter {
     if (numel) std::memcpy(e.bytes.data(), data, e.bytes.size());
     entries_.emplace(name, std::move(e));
   }
+  /// Adds a tensor of @p shape stored as floating @p dtype, converting @p data (e.g. double → BF16).
+  template <class T>
+  void add_as(const std::string& name, Dtype dtype, std::vector<std::int64_t> shape, const T* data) {
+    HEADALIGN_CHECK(is_float(dtype), "add_as: '" << name << "' cannot be stored as " << dtype_name(dtype));
+    std::uint64_t numel = 1;
+    for (auto s : shape) {
+      HEADALIGN_CHECK(s >= 0, "negative dimension " << s << " in the shape of '" << name << "'");
+      numel *= static_cast<std::uint64_t>(s);
+    }
+    std::vector<unsigned char> bytes(static_cast<std::size_t>(numel * dtype_size(dtype)));
+    detail::convert_to(dtype, data, static_cast<std::size_t>(numel), bytes.data());
+    add_raw(name, dtype, std::move(shape), std::move(bytes));
+  }
+
+  /// Adds a tensor from its stored bytes (bit-exact copy; any dtype).
+  void add_raw(const std::string& name, Dtype dtype, std::vector<std::int64_t> shape, std::vector<unsigned char> bytes) {
+    HEADALIGN_CHECK(!name.empty() && name != "__metadata__", "invalid tensor name '" << name << "'");
+    HEADALIGN_CHECK(entries_.count(name) == 0, "tensor '" << name << "' added twice");
+    std::uint64_t numel = 1;
+    for (auto s : shape) {
+      HEADALIGN_CHECK(s >= 0, "negative dimension " << s << " in the shape of '" << name << "'");
+      numel *= static_cast<std::uint64_t>(s);
+    }
+    HEADALIGN_CHECK(bytes.size() == numel * dtype_size(dtype), "tensor '" << name << "': " << bytes.size()
+                                                                            << " bytes for " << numel << " elements of "
+                                                                            << dtype_name(dtype));
+    entries_.emplace(name, Entry{dtype, std::move(shape), std::move(bytes)});
+  }
+
+  /// Total bytes of tensor data added so far.
+  std::uint64_t data_bytes() const {
+    std::uint64_t n = 0;
+    for (const auto& kv : entries_) n += kv.second.bytes.size();
+    return n;
+  }
+
   void set_metadata(const std::string& key, const std::string& value) { metadata_[key] = value; }
 
   /// Writes the file. @throws io_error when it cannot be written (nothing is left behind then).
