@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 model="$(./scripts/fetch-model.sh)"
 out="${HEADALIGN_DEMO_OUT:-demo-output}"
 cmake -S . -B build/run -DCMAKE_BUILD_TYPE=Release -DHEADALIGN_BUILD_TESTS=OFF -DHEADALIGN_BUILD_BENCHMARKS=OFF
-cmake --build build/run -j "$(nproc)" --target minilm_demo headalign-convert
+cmake --build build/run -j "$(nproc)" --target main_job
 export OPENBLAS_NUM_THREADS=1
 ./build/run/examples/minilm_demo --model "$model" --out "$out" "$@"
 rm -rf "$out/all-minilm-l6-v2-gqa4"
