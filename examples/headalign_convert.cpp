@@ -4,7 +4,7 @@
 //   headalign-convert --model DIR --calibration FILE|none --kv-heads G --output DIR
 //                     [--group-by value|key|joint|none] [--criterion cos|dist]
 //                     [--keys auto|rope|orthogonal|none] [--values orthogonal|none]
-//                     [--grouping local|hill|exact] [--seed N] [--threads N]
+//                     [--grouping local|hill|exact] [--gpa reference|sequential] [--seed N] [--threads N]
 //                     [--aligned-only] [--save-grams FILE] [--quiet]
 //
 // The calibration file holds, for every layer i, `layers.{i}.key` and `layers.{i}.value`
@@ -46,7 +46,7 @@ namespace {
 
 struct Options {
   std::string model, calibration, output, group_by = "value", criterion = "cos", keys = "auto", values = "orthogonal",
-                                          grouping = "local", save_grams;
+                                          grouping = "local", gpa = "sequential", save_grams;
   Index kv_heads = 0;
   std::uint64_t seed = 0;
   int threads = 1;
@@ -255,6 +255,7 @@ int run(const Options& o) {
   plan_options.value_alignment = parse_alignment(o.values);
   plan_options.rope = cfg.rope;
   plan_options.grouping.seed = o.seed;
+  plan_options.gpa.update = o.gpa == "sequential" ? GpaUpdate::Sequential : GpaUpdate::Reference;
   plan_options.grouping.method = o.grouping == "hill" ? GroupingOptions::Method::HillClimb
                                  : o.grouping == "exact" ? GroupingOptions::Method::Exact
                                                          : GroupingOptions::Method::LocalSearch;
@@ -364,7 +365,7 @@ int run(const Options& o) {
   report["kv_heads"] = o.aligned_only ? cfg.num_heads : o.kv_heads;
   report["aligned_only"] = o.aligned_only;
   report["settings"] = {{"group_by", o.group_by}, {"criterion", o.criterion}, {"keys", keys}, {"values", o.values},
-                        {"grouping", o.grouping}, {"seed", o.seed}, {"threads", threads}};
+                        {"grouping", o.grouping}, {"gpa", o.gpa}, {"seed", o.seed}, {"threads", threads}};
   report["calibration"] = {{"source", o.calibration},
                            {"kind", kind == CalibrationKind::Activations ? "activations"
                                     : kind == CalibrationKind::Grams     ? "grams"
@@ -424,6 +425,8 @@ int main(int argc, char** argv) {
   app.add_option("--values", o.values, "value alignment")->check(CLI::IsMember({"orthogonal", "none"}))->capture_default_str();
   app.add_option("--grouping", o.grouping, "grouping search: local (fast), hill (the reference's), exact (small H)")
       ->check(CLI::IsMember({"local", "hill", "exact"}))->capture_default_str();
+  app.add_option("--gpa", o.gpa, "GPA update: sequential (one head at a time, fewer iterations) or reference (all heads onto the previous mean)")
+      ->check(CLI::IsMember({"reference", "sequential"}))->capture_default_str();
   app.add_option("--seed", o.seed, "seed of the grouping search")->capture_default_str();
   app.add_option("--threads", o.threads, "layers converted in parallel")->check(CLI::Range(1, 1024))->capture_default_str();
   app.add_flag("--aligned-only", o.aligned_only, "write the aligned MHA checkpoint (same function), without merging");

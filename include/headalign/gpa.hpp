@@ -18,6 +18,18 @@
 
 namespace headalign {
 
+/// @brief How an iteration of align_group() updates the transforms.
+enum class GpaUpdate {
+  /// The reference's: every head re-aligned onto the previous iteration's mean shape (itself
+  /// included), all at once: \f$ R_t \leftarrow \mathrm{polar}(\sum_u G_{tu} R_u) \f$.
+  Reference,
+  /// Block-coordinate ascent (Gower's sequential GPA): each head in turn re-aligned onto the sum of
+  /// the others as they stand, \f$ R_t \leftarrow \mathrm{polar}(\sum_{u \ne t} G_{tu} R_u) \f$.
+  /// Each step maximises the objective over R_t exactly, so it never decreases; it usually needs
+  /// far fewer iterations than Reference for the same objective.
+  Sequential
+};
+
 /// @brief Stopping rule of align_group() (the reference's: 100 iterations, gain below 1e-5).
 struct GpaOptions {
   int max_iterations = 100;
@@ -26,6 +38,9 @@ struct GpaOptions {
   /// the sum of pairwise mean cosines; otherwise it makes the rule independent of the data's units.
   double tolerance = 1e-5;
   ProcrustesOptions procrustes = {};
+  /// Sequential by default: on all-MiniLM-L6-v2 (4 KV heads) it needed 246 iterations instead of
+  /// 1,626 for a slightly higher objective; Reference reproduces the reference implementation.
+  GpaUpdate update = GpaUpdate::Sequential;
 };
 
 /// @brief Result of align_group().
@@ -44,7 +59,10 @@ struct GpaResult {
 /// \f$ R_t = \arg\max \mathrm{tr}(R^\top G_{h_t h_0}) \f$. Then, until the objective gains less
 /// than the tolerance or max_iterations is reached: \f$ R_t \leftarrow \arg\max_R
 /// \mathrm{tr}(R^\top \sum_u G_{h_t h_u} R_u) \f$ for every t (the mean shape of the previous
-/// iteration). The objective never decreases. Groups of two are solved exactly by the start.
+/// iteration; `GpaUpdate::Sequential` updates the heads one by one against the others instead).
+/// The objective never decreases: the block matrix of the G_tu is positive semidefinite, so the
+/// reference step is a minorise–maximise step, and a sequential step maximises over one R_t
+/// exactly. Groups of two are solved exactly by the start.
 /// With `Alignment::Rope` every R_t is block-diagonal per RoPE plane (commutes with RoPE).
 ///
 /// @param g calibration statistics (row-normalised for the `cos` criterion)
@@ -103,12 +121,21 @@ GpaResult<S> align_group(const HeadGram<S>& g, const std::vector<Index>& heads, 
   std::vector<Matrix<S>> next(uk);
   Matrix<S> target(d, d);
   for (int it = 1; it <= options.max_iterations; ++it) {
-    for (std::size_t t = 0; t < uk; ++t) {
-      target.setZero();
-      for (std::size_t u = 0; u < uk; ++u) target.noalias() += blocks[t * uk + u] * result.rotations[u];
-      next[t] = solve(target);
+    if (options.update == GpaUpdate::Sequential) {
+      for (std::size_t t = 0; t < uk; ++t) {
+        target.setZero();
+        for (std::size_t u = 0; u < uk; ++u)
+          if (u != t) target.noalias() += blocks[t * uk + u] * result.rotations[u];
+        result.rotations[t] = solve(target);
+      }
+    } else {
+      for (std::size_t t = 0; t < uk; ++t) {
+        target.setZero();
+        for (std::size_t u = 0; u < uk; ++u) target.noalias() += blocks[t * uk + u] * result.rotations[u];
+        next[t] = solve(target);
+      }
+      result.rotations.swap(next);
     }
-    result.rotations.swap(next);
     const S obj = objective(result.rotations);
     const S gain = obj - result.objective;
     result.objective = obj;
