@@ -94,21 +94,13 @@ void BM_GpaGroup(benchmark::State& state) { gpa_bench<U>(state, true); }
 template <GpaUpdate U>
 void BM_GpaGroupStructureless(benchmark::State& state) { gpa_bench<U>(state, false); }
 
-// Everything after accumulation for one layer: similarities, grouping, GPA of keys and values,
-// folding and merging the weights. structured: heads are rotated copies of H/4 sources.
+// Everything after accumulation for one layer in Gram space: similarities, grouping, GPA of keys
+// and values, predicted errors (plan_layer). structured: heads are rotated copies of H/4 sources.
 void convert_layer_bench(benchmark::State& state, bool structured, bool plain, GpaUpdate update) {
   const Index h = state.range(0), d = state.range(1);
   const Index groups = structured ? h / 4 : 0;
   const auto& gk = gram(h, d, groups, true);
   const auto& gv = gram(h, d, groups, false);
-  std::mt19937_64 rng(9);
-  AttentionWeights<double> w;
-  w.num_heads = w.num_kv_heads = h;
-  w.head_dim = d;
-  w.q = gaussian(h * d, h * d, rng);
-  w.k = gaussian(h * d, h * d, rng);
-  w.v = gaussian(h * d, h * d, rng);
-  w.o = gaussian(h * d, h * d, rng);
   PlanOptions o;
   o.num_groups = h / 4;
   o.gpa.update = update;
@@ -119,12 +111,36 @@ void convert_layer_bench(benchmark::State& state, bool structured, bool plain, G
   int iterations = 0;
   for (auto _ : state) {
     const LayerPlan<double> plan = plan_layer(gk, gv, o);
-    benchmark::DoNotOptimize(convert_layer(w, plan).k.data());
+    benchmark::DoNotOptimize(plan.order.data());
     iterations = 0;
     for (const auto& r : plan.key_gpa) iterations += r.iterations;
     for (const auto& r : plan.value_gpa) iterations += r.iterations;
   }
   state.counters["gpa_iterations"] = iterations;
+}
+
+// Folding a plan into the weights and merging (apply_alignment + merge_to_gqa), hidden = H·d,
+// with the rotations of an aligned plan (plain = 0) or the identities of mean-pool (plain = 1).
+template <class S>
+void BM_FoldWeights(benchmark::State& state) {
+  const Index h = state.range(0), d = state.range(1);
+  const bool plain = state.range(2) != 0;
+  std::mt19937_64 rng(9);
+  AttentionWeights<S> w;
+  w.num_heads = w.num_kv_heads = h;
+  w.head_dim = d;
+  w.q = gaussian(h * d, h * d, rng).cast<S>();
+  w.k = gaussian(h * d, h * d, rng).cast<S>();
+  w.v = gaussian(h * d, h * d, rng).cast<S>();
+  w.o = gaussian(h * d, h * d, rng).cast<S>();
+  LayerPlan<S> plan;
+  plan.grouping = group_contiguous(h, h / 4);
+  for (Index p = 0; p < h; ++p) {
+    plan.order.push_back(p);
+    plan.key_rotations.push_back(plain ? Matrix<S>(Matrix<S>::Identity(d, d)) : Matrix<S>(procrustes(gaussian(d, d, rng), Alignment::Rope).rotation.cast<S>()));
+    plan.value_rotations.push_back(plain ? Matrix<S>(Matrix<S>::Identity(d, d)) : Matrix<S>(orthogonal(d, rng).cast<S>()));
+  }
+  for (auto _ : state) benchmark::DoNotOptimize(convert_layer(w, plan).k.data());
 }
 
 // Defaults (sequential GPA), and the reference's GPA update for comparison.
@@ -146,7 +162,9 @@ BENCHMARK_TEMPLATE(BM_GpaGroup, GpaUpdate::Reference)->Args({4, 128})->Args({8, 
 BENCHMARK_TEMPLATE(BM_GpaGroup, GpaUpdate::Sequential)->Args({4, 128})->Args({8, 128})->Unit(benchmark::kMillisecond);
 BENCHMARK_TEMPLATE(BM_GpaGroupStructureless, GpaUpdate::Reference)->Args({4, 128})->Unit(benchmark::kMillisecond);
 BENCHMARK_TEMPLATE(BM_GpaGroupStructureless, GpaUpdate::Sequential)->Args({4, 128})->Unit(benchmark::kMillisecond);
-BENCHMARK(BM_ConvertLayerMeanPool)->Args({16, 128})->Args({32, 128})->Unit(benchmark::kMillisecond)->Iterations(3);
+BENCHMARK(BM_ConvertLayerMeanPool)->Args({16, 128})->Args({32, 128})->Unit(benchmark::kMillisecond);
+BENCHMARK_TEMPLATE(BM_FoldWeights, float)->Args({32, 128, 0})->Args({32, 128, 1})->Unit(benchmark::kMillisecond)->Iterations(1);
+BENCHMARK_TEMPLATE(BM_FoldWeights, double)->Args({32, 128, 0})->Args({32, 128, 1})->Unit(benchmark::kMillisecond)->Iterations(1);
 BENCHMARK(BM_ConvertLayer)->Args({16, 128})->Args({32, 128})->Unit(benchmark::kMillisecond)->Iterations(1);
 BENCHMARK(BM_ConvertLayerReferenceGpa)->Args({16, 128})->Args({32, 128})->Unit(benchmark::kMillisecond)->Iterations(1);
 BENCHMARK(BM_ConvertLayerStructureless)->Args({32, 128})->Unit(benchmark::kMillisecond)->Iterations(1);

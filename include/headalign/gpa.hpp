@@ -97,10 +97,11 @@ GpaResult<S> align_group(const HeadGram<S>& g, const std::vector<Index>& heads, 
     for (std::size_t u = 0; u < uk; ++u) blocks[t * uk + u] = g.block(heads[t], heads[u]);
   const S n = static_cast<S>(g.tokens());
 
+  // tr(R_tᵀ G_tu R_u) = ⟨G_tu R_u, R_t⟩: one product per pair.
   auto objective = [&](const std::vector<Matrix<S>>& r) {
     S sum = 0;
     for (std::size_t t = 0; t < uk; ++t)
-      for (std::size_t u = t + 1; u < uk; ++u) sum += (r[t].transpose() * blocks[t * uk + u] * r[u]).trace();
+      for (std::size_t u = t + 1; u < uk; ++u) sum += (blocks[t * uk + u] * r[u]).cwiseProduct(r[t]).sum();
     return sum / n;
   };
   auto solve = [&](const Matrix<S>& m) { return procrustes(m, alignment, rope, options.procrustes).rotation; };
@@ -119,15 +120,21 @@ GpaResult<S> align_group(const HeadGram<S>& g, const std::vector<Index>& heads, 
   result.converged = false;
   result.info = CompInfo::NotConverging;
   std::vector<Matrix<S>> next(uk);
-  Matrix<S> target(d, d);
+  Matrix<S> target(d, d), lower(d, d);
   for (int it = 1; it <= options.max_iterations; ++it) {
+    S obj = 0;
     if (options.update == GpaUpdate::Sequential) {
+      // Heads before t already hold their final transform of this sweep, so Σ_{u<t} G_tu R_u is
+      // also head t's share of the new objective: no extra products for it.
       for (std::size_t t = 0; t < uk; ++t) {
-        target.setZero();
-        for (std::size_t u = 0; u < uk; ++u)
-          if (u != t) target.noalias() += blocks[t * uk + u] * result.rotations[u];
+        lower.setZero();
+        for (std::size_t u = 0; u < t; ++u) lower.noalias() += blocks[t * uk + u] * result.rotations[u];
+        target = lower;
+        for (std::size_t u = t + 1; u < uk; ++u) target.noalias() += blocks[t * uk + u] * result.rotations[u];
         result.rotations[t] = solve(target);
+        obj += lower.cwiseProduct(result.rotations[t]).sum();
       }
+      obj /= n;
     } else {
       for (std::size_t t = 0; t < uk; ++t) {
         target.setZero();
@@ -135,8 +142,8 @@ GpaResult<S> align_group(const HeadGram<S>& g, const std::vector<Index>& heads, 
         next[t] = solve(target);
       }
       result.rotations.swap(next);
+      obj = objective(result.rotations);
     }
-    const S obj = objective(result.rotations);
     const S gain = obj - result.objective;
     result.objective = obj;
     result.iterations = it;

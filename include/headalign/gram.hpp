@@ -272,7 +272,7 @@ class HeadGram {
                              std::to_string(h * d) + "]");
     HeadGram g(h, d, norm == "1");
     r.read(tensor, 0, static_cast<std::uint64_t>(g.dim() * g.dim()), g.g_.data());
-    if (!g.g_.allFinite()) detail::throw_io_error("HeadGram file '" + path + "': '" + tensor + "' holds NaN or Inf");
+    if (!detail::all_finite(g.g_)) detail::throw_io_error("HeadGram file '" + path + "': '" + tensor + "' holds NaN or Inf");
     if (g.g_ != g.g_.transpose()) detail::throw_io_error("HeadGram file '" + path + "': '" + tensor + "' is not symmetric");
     if ((g.g_.diagonal().array() < S(0)).any())
       detail::throw_io_error("HeadGram file '" + path + "': '" + tensor + "' has a negative diagonal");

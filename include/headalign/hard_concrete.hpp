@@ -55,7 +55,7 @@ inline void check_hard_concrete(const HardConcrete& hc) {
 
 template <class D>
 void check_logits(const Eigen::ArrayBase<D>& a, const char* what) {
-  HEADALIGN_CHECK(a.derived().allFinite(), what << ": the logits contain NaN or Inf");
+  HEADALIGN_CHECK(detail::all_finite(a), what << ": the logits contain NaN or Inf");
 }
 
 template <class D, class U>

@@ -203,7 +203,7 @@ bool newton_polar(const Matrix<S>& m, Matrix<S>& r, int& det_sign_out) {
     Matrix<S> next = S(0.5) * (zeta * x + xinv.transpose() / zeta);
     const S delta = (next - x).norm() / next.norm();
     x.swap(next);
-    if (!x.allFinite()) return false;
+    if (!all_finite(x)) return false;
     // Scaling only helps far from convergence (Higham: switch it off once δ < 1e-2).
     if (delta < S(1e-2)) scaling = false;
     // Quadratic convergence: once δ ≤ √(nε) the next step is accurate to about nε; stop after it.
@@ -214,7 +214,7 @@ bool newton_polar(const Matrix<S>& m, Matrix<S>& r, int& det_sign_out) {
     if (delta <= sqrt(static_cast<S>(n) * eps)) {
       lu.compute(x);
       r = S(0.5) * (x + lu.inverse().transpose());
-      return r.allFinite();
+      return all_finite(r);
     }
   }
   return false;

@@ -147,24 +147,28 @@ void apply_alignment(AttentionWeights<S>& w, const std::vector<Index>& order,
 
   using Rows = typename AttentionWeights<S>::Rows;
   using Vec = typename AttentionWeights<S>::Vec;
+  // Exact identities (e.g. Alignment::None) are copies, not products.
+  std::vector<char> key_identity(static_cast<std::size_t>(h), 1), value_identity(static_cast<std::size_t>(h), 1);
+  for (std::size_t p = 0; p < key_rotations.size(); ++p) key_identity[p] = key_rotations[p].isIdentity(0);
+  for (std::size_t p = 0; p < value_rotations.size(); ++p) value_identity[p] = value_rotations[p].isIdentity(0);
   // Rows of head block p of a [H·d, in] weight ← Rᵀ · (rows of head block order[p]).
-  auto transform_rows = [&](const Rows& src, const std::vector<Matrix<S>>& rot) {
+  auto transform_rows = [&](const Rows& src, const std::vector<Matrix<S>>& rot, const std::vector<char>& identity) {
     Rows out(src.rows(), src.cols());
     for (Index p = 0; p < h; ++p) {
       const auto from = src.middleRows(perm[static_cast<std::size_t>(p)] * d, d);
-      if (rot.empty())
+      if (identity[static_cast<std::size_t>(p)])
         out.middleRows(p * d, d) = from;
       else
         out.middleRows(p * d, d).noalias() = rot[static_cast<std::size_t>(p)].transpose() * from;
     }
     return out;
   };
-  auto transform_bias = [&](const Vec& src, const std::vector<Matrix<S>>& rot) {
+  auto transform_bias = [&](const Vec& src, const std::vector<Matrix<S>>& rot, const std::vector<char>& identity) {
     if (src.size() == 0) return Vec();
     Vec out(src.size());
     for (Index p = 0; p < h; ++p) {
       const auto from = src.segment(perm[static_cast<std::size_t>(p)] * d, d);
-      if (rot.empty())
+      if (identity[static_cast<std::size_t>(p)])
         out.segment(p * d, d) = from;
       else
         out.segment(p * d, d).noalias() = rot[static_cast<std::size_t>(p)].transpose() * from;
@@ -174,16 +178,16 @@ void apply_alignment(AttentionWeights<S>& w, const std::vector<Index>& order,
   Rows o(w.o.rows(), w.o.cols());
   for (Index p = 0; p < h; ++p) {
     const auto from = w.o.middleCols(perm[static_cast<std::size_t>(p)] * d, d);
-    if (value_rotations.empty())
+    if (value_identity[static_cast<std::size_t>(p)])
       o.middleCols(p * d, d) = from;
     else
       o.middleCols(p * d, d).noalias() = from * value_rotations[static_cast<std::size_t>(p)];
   }
   // Everything is computed before anything is assigned: no half-transformed layer on error.
-  Rows q = transform_rows(w.q, key_rotations), k = transform_rows(w.k, key_rotations),
-       v = transform_rows(w.v, value_rotations);
-  Vec qb = transform_bias(w.q_bias, key_rotations), kb = transform_bias(w.k_bias, key_rotations),
-      vb = transform_bias(w.v_bias, value_rotations);
+  Rows q = transform_rows(w.q, key_rotations, key_identity), k = transform_rows(w.k, key_rotations, key_identity),
+       v = transform_rows(w.v, value_rotations, value_identity);
+  Vec qb = transform_bias(w.q_bias, key_rotations, key_identity), kb = transform_bias(w.k_bias, key_rotations, key_identity),
+      vb = transform_bias(w.v_bias, value_rotations, value_identity);
   w.q.swap(q);
   w.k.swap(k);
   w.v.swap(v);
