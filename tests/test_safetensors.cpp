@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <string>
 
@@ -81,6 +82,29 @@ TEST_CASE("safetensors round-trips every dtype bit-exact and converts floats", "
   CHECK(r.names_in_file_order().size() == 6);
   CHECK_THROWS_AS(w.add_raw("bad", Dtype::F32, {2}, std::vector<unsigned char>(7)), invalid_argument);
   CHECK_THROWS_AS(w.add_as("bad2", Dtype::I32, {1}, values), invalid_argument);
+}
+
+TEST_CASE("the memory-mapped and the stream reader agree; truncation after opening is an error", "[io]") {
+  io::SafetensorsWriter w;
+  std::vector<float> values(1000);
+  for (std::size_t i = 0; i < values.size(); ++i) values[i] = static_cast<float>(i) * 0.5f - 7.0f;
+  w.add("a", {10, 100}, values.data());
+  w.add_raw("b", Dtype::I32, {4}, std::vector<unsigned char>(16, 3));
+  const std::string path = temp_file("mapped.safetensors");
+  w.write(path);
+  io::SafetensorsReader mapped(path), streamed(path, 100u << 20, false);
+  CHECK(mapped.memory_mapped());
+  CHECK_FALSE(streamed.memory_mapped());
+  CHECK(mapped.read_all<float>("a") == values);
+  CHECK(streamed.read_all<float>("a") == values);
+  std::vector<double> part(7);
+  mapped.read("a", 993, 7, part.data());
+  CHECK(part[6] == static_cast<double>(values[999]));
+  CHECK(mapped.read_raw("b") == streamed.read_raw("b"));
+  CHECK_THROWS_WITH(mapped.read("a", 995, 6, part.data()), Catch::Contains("past its 1000 elements"));
+  std::filesystem::resize_file(path, std::filesystem::file_size(path) - 100);
+  CHECK_THROWS_WITH(mapped.read_all<float>("a"), Catch::Contains("truncated"));
+  CHECK_THROWS_AS(streamed.read_all<float>("a"), io_error);
 }
 
 TEST_CASE("F16 and BF16 encoders invert the decoders and round to nearest even", "[io]") {

@@ -24,6 +24,9 @@
 #include <string>
 #include <vector>
 
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 namespace headalign::io {
@@ -247,13 +250,19 @@ struct TensorInfo {
   }
 };
 
-/// @brief A safetensors file opened for reading; the header is validated on construction.
+/// @brief A safetensors file opened for reading; the header is validated on construction and the
+/// data are read from a read-only memory mapping (or a stream when mapping is off or fails).
 class SafetensorsReader {
  public:
   /// @param path file to open
   /// @param max_header_bytes refuse larger JSON headers (the format's own limit is 100 MB)
   /// @throws io_error when the file cannot be read or is malformed
-  explicit SafetensorsReader(const std::string& path, std::uint64_t max_header_bytes = 100u << 20)
+  /// @param memory_map map the file read-only (the default) and read tensors straight from the
+  ///        mapping; otherwise, or when mapping fails, read through a file stream. Either way every
+  ///        read is bounds-checked against the validated header, and the file's size is checked
+  ///        again before each read (a file truncated while mapped would otherwise fault).
+  explicit SafetensorsReader(const std::string& path, std::uint64_t max_header_bytes = 100u << 20,
+                             bool memory_map = true)
       : path_(path), in_(path, std::ios::binary) {
     if (!detail::little_endian()) ::headalign::detail::throw_io_error("safetensors I/O needs a little-endian host");
     if (!in_) fail("cannot open file");
@@ -276,7 +285,16 @@ class SafetensorsReader {
     data_start_ = 8 + header_len;
     data_size_ = static_cast<std::uint64_t>(size) - data_start_;
     parse(header);
+    file_size_ = static_cast<std::uint64_t>(size);
+    if (memory_map) map(path);
   }
+
+  ~SafetensorsReader() { unmap(); }
+  SafetensorsReader(const SafetensorsReader&) = delete;
+  SafetensorsReader& operator=(const SafetensorsReader&) = delete;
+
+  /// Whether the tensors are read from a read-only memory mapping.
+  bool memory_mapped() const { return map_ != nullptr; }
 
   /// Names of all tensors, sorted.
   std::vector<std::string> names() const {
@@ -304,6 +322,11 @@ class SafetensorsReader {
       fail("read of elements [" + std::to_string(first) + ", " + std::to_string(first + count) + ") of '" + name +
            "' past its " + std::to_string(t.numel()) + " elements");
     const std::size_t es = dtype_size(t.dtype);
+    if (map_) {
+      check_size(name);
+      detail::convert(t.dtype, map_ + data_start_ + t.begin + first * es, static_cast<std::size_t>(count), out);
+      return;
+    }
     constexpr std::uint64_t kChunk = 1u << 16;
     std::vector<unsigned char> buf;
     for (std::uint64_t done = 0; done < count; done += kChunk) {
@@ -321,6 +344,11 @@ class SafetensorsReader {
   std::vector<unsigned char> read_raw(const std::string& name) {
     const TensorInfo& t = info(name);
     std::vector<unsigned char> out(static_cast<std::size_t>(t.end - t.begin));
+    if (map_) {
+      check_size(name);
+      if (!out.empty()) std::memcpy(out.data(), map_ + data_start_ + t.begin, out.size());
+      return out;
+    }
     in_.clear();
     in_.seekg(static_cast<std::streamoff>(data_start_ + t.begin));
     in_.read(reinterpret_cast<char*>(out.data()), static_cast<std::streamsize>(out.size()));
@@ -409,8 +437,40 @@ class SafetensorsReader {
       fail("data buffer has " + std::to_string(data_size_) + " bytes but the tensors cover " + std::to_string(pos));
   }
 
+  void map(const std::string& path) {
+    fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    struct stat st {};
+    if (fd_ < 0 || ::fstat(fd_, &st) != 0 || static_cast<std::uint64_t>(st.st_size) != file_size_ || file_size_ == 0) {
+      unmap();
+      return;  // the stream path remains
+    }
+    void* p = ::mmap(nullptr, static_cast<std::size_t>(file_size_), PROT_READ, MAP_PRIVATE, fd_, 0);
+    if (p == MAP_FAILED) {
+      unmap();
+      return;
+    }
+    map_ = static_cast<const unsigned char*>(p);
+  }
+
+  void unmap() {
+    if (map_) ::munmap(const_cast<unsigned char*>(map_), static_cast<std::size_t>(file_size_));
+    map_ = nullptr;
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = -1;
+  }
+
+  // The mapped file must still be as long as when it was validated.
+  void check_size(const std::string& name) const {
+    struct stat st {};
+    if (::fstat(fd_, &st) != 0 || static_cast<std::uint64_t>(st.st_size) < file_size_)
+      fail("cannot read the data of '" + name + "': the file was truncated after it was opened");
+  }
+
   std::string path_;
   std::ifstream in_;
+  const unsigned char* map_ = nullptr;
+  int fd_ = -1;
+  std::uint64_t file_size_ = 0;
   std::uint64_t data_start_ = 0, data_size_ = 0;
   std::map<std::string, TensorInfo> tensors_;
   std::map<std::string, std::string> metadata_;
