@@ -88,38 +88,6 @@ std::string normalised(const std::string& s) {
   return o;
 }
 
-AttentionWeights<double> to_double(const AttentionWeights<float>& w) {
-  AttentionWeights<double> d;
-  d.num_heads = w.num_heads;
-  d.num_kv_heads = w.num_kv_heads;
-  d.head_dim = w.head_dim;
-  d.q = w.q.cast<double>();
-  d.k = w.k.cast<double>();
-  d.v = w.v.cast<double>();
-  d.o = w.o.cast<double>();
-  d.q_bias = w.q_bias.cast<double>();
-  d.k_bias = w.k_bias.cast<double>();
-  d.v_bias = w.v_bias.cast<double>();
-  d.o_bias = w.o_bias.cast<double>();
-  return d;
-}
-
-AttentionWeights<float> to_float(const AttentionWeights<double>& w) {
-  AttentionWeights<float> f;
-  f.num_heads = w.num_heads;
-  f.num_kv_heads = w.num_kv_heads;
-  f.head_dim = w.head_dim;
-  f.q = w.q.cast<float>();
-  f.k = w.k.cast<float>();
-  f.v = w.v.cast<float>();
-  f.o = w.o.cast<float>();
-  f.q_bias = w.q_bias.cast<float>();
-  f.k_bias = w.k_bias.cast<float>();
-  f.v_bias = w.v_bias.cast<float>();
-  f.o_bias = w.o_bias.cast<float>();
-  return f;
-}
-
 using Embeddings = Eigen::MatrixXf;  // one row per sentence
 
 Embeddings embed_all(const bert::Encoder& enc, const std::vector<std::vector<int>>& ids) {
@@ -298,7 +266,7 @@ int main(int argc, char** argv) {
 
     const Embeddings ref = embed_all(enc, eval_ids);
     std::vector<AttentionWeights<double>> original;
-    for (Index l = 0; l < layers; ++l) original.push_back(to_double(enc.attention(l)));
+    for (Index l = 0; l < layers; ++l) original.push_back(enc.attention(l).cast<double>());
     std::vector<HeadGram<double>> free_k, free_v;
     for (Index l = 0; l < layers; ++l) {
       free_k.push_back(HeadGram<double>::from_weights(original[static_cast<std::size_t>(l)].k, h, d));
@@ -365,7 +333,7 @@ int main(int argc, char** argv) {
                 job.m->data_free ? plan_layer(free_k[ul], free_v[ul], o) : plan_layer(gk[ul], gv[ul], o);
             job.key_err += static_cast<double>(plan.key_error.relative()) / static_cast<double>(layers);
             job.score += plan.grouping.score;
-            work.set_attention(l, to_float(convert_layer(original[ul], plan)));
+            work.set_attention(l, convert_layer(original[ul], plan).cast<float>());
           }
           job.q = quality(ref, embed_all(work, eval_ids));
           job.secs = seconds_since(t);

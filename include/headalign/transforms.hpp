@@ -49,6 +49,24 @@ struct AttentionWeights {
   /// Query heads per KV head.
   Index group_size() const { return num_kv_heads > 0 ? num_heads / num_kv_heads : 0; }
 
+  /// The same layer in scalar T (e.g. float weights converted in double).
+  template <class T>
+  AttentionWeights<T> cast() const {
+    AttentionWeights<T> w;
+    w.num_heads = num_heads;
+    w.num_kv_heads = num_kv_heads;
+    w.head_dim = head_dim;
+    w.q = q.template cast<T>();
+    w.k = k.template cast<T>();
+    w.v = v.template cast<T>();
+    w.o = o.template cast<T>();
+    w.q_bias = q_bias.template cast<T>();
+    w.k_bias = k_bias.template cast<T>();
+    w.v_bias = v_bias.template cast<T>();
+    w.o_bias = o_bias.template cast<T>();
+    return w;
+  }
+
   /// @brief Checks every shape, the head counts and that all values are finite.
   /// @throws invalid_argument naming the first inconsistent field
   void validate() const {

@@ -485,29 +485,18 @@ class SafetensorsWriter {
   /// Adds a tensor of @p shape whose row-major elements are @p data (copied).
   template <class T>
   void add(const std::string& name, std::vector<std::int64_t> shape, const T* data) {
-    HEADALIGN_CHECK(!name.empty() && name != "__metadata__", "invalid tensor name '" << name << "'");
-    HEADALIGN_CHECK(entries_.count(name) == 0, "tensor '" << name << "' added twice");
-    std::uint64_t numel = 1;
-    for (auto s : shape) {
-      HEADALIGN_CHECK(s >= 0, "negative dimension " << s << " in the shape of '" << name << "'");
-      numel *= static_cast<std::uint64_t>(s);
-    }
-    Entry e{dtype_of<T>(), std::move(shape), {}};
-    e.bytes.resize(static_cast<std::size_t>(numel * sizeof(T)));
-    if (numel) std::memcpy(e.bytes.data(), data, e.bytes.size());
-    entries_.emplace(name, std::move(e));
+    const std::uint64_t n = numel(name, shape);
+    std::vector<unsigned char> bytes(static_cast<std::size_t>(n * sizeof(T)));
+    if (n) std::memcpy(bytes.data(), data, bytes.size());
+    add_raw(name, dtype_of<T>(), std::move(shape), std::move(bytes));
   }
   /// Adds a tensor of @p shape stored as floating @p dtype, converting @p data (e.g. double → BF16).
   template <class T>
   void add_as(const std::string& name, Dtype dtype, std::vector<std::int64_t> shape, const T* data) {
     HEADALIGN_CHECK(is_float(dtype), "add_as: '" << name << "' cannot be stored as " << dtype_name(dtype));
-    std::uint64_t numel = 1;
-    for (auto s : shape) {
-      HEADALIGN_CHECK(s >= 0, "negative dimension " << s << " in the shape of '" << name << "'");
-      numel *= static_cast<std::uint64_t>(s);
-    }
-    std::vector<unsigned char> bytes(static_cast<std::size_t>(numel * dtype_size(dtype)));
-    detail::convert_to(dtype, data, static_cast<std::size_t>(numel), bytes.data());
+    const std::uint64_t n = numel(name, shape);
+    std::vector<unsigned char> bytes(static_cast<std::size_t>(n * dtype_size(dtype)));
+    detail::convert_to(dtype, data, static_cast<std::size_t>(n), bytes.data());
     add_raw(name, dtype, std::move(shape), std::move(bytes));
   }
 
@@ -515,13 +504,9 @@ class SafetensorsWriter {
   void add_raw(const std::string& name, Dtype dtype, std::vector<std::int64_t> shape, std::vector<unsigned char> bytes) {
     HEADALIGN_CHECK(!name.empty() && name != "__metadata__", "invalid tensor name '" << name << "'");
     HEADALIGN_CHECK(entries_.count(name) == 0, "tensor '" << name << "' added twice");
-    std::uint64_t numel = 1;
-    for (auto s : shape) {
-      HEADALIGN_CHECK(s >= 0, "negative dimension " << s << " in the shape of '" << name << "'");
-      numel *= static_cast<std::uint64_t>(s);
-    }
-    HEADALIGN_CHECK(bytes.size() == numel * dtype_size(dtype), "tensor '" << name << "': " << bytes.size()
-                                                                            << " bytes for " << numel << " elements of "
+    const std::uint64_t n = numel(name, shape);
+    HEADALIGN_CHECK(bytes.size() == n * dtype_size(dtype), "tensor '" << name << "': " << bytes.size()
+                                                                            << " bytes for " << n << " elements of "
                                                                             << dtype_name(dtype));
     entries_.emplace(name, Entry{dtype, std::move(shape), std::move(bytes)});
   }
@@ -573,6 +558,15 @@ class SafetensorsWriter {
   }
 
  private:
+  static std::uint64_t numel(const std::string& name, const std::vector<std::int64_t>& shape) {
+    std::uint64_t n = 1;
+    for (auto s : shape) {
+      HEADALIGN_CHECK(s >= 0, "negative dimension " << s << " in the shape of '" << name << "'");
+      n *= static_cast<std::uint64_t>(s);
+    }
+    return n;
+  }
+
   struct Entry {
     Dtype dtype;
     std::vector<std::int64_t> shape;
