@@ -30,6 +30,15 @@ Matrix<S> project(const Matrix<S>& x, const typename AttentionWeights<S>::Rows& 
   return y;
 }
 
+/// Every head's projection of the rows of x, n × (heads·d), biases included: what a calibration run records.
+template <class S>
+Matrix<S> projections(const Matrix<S>& x, const typename AttentionWeights<S>::Rows& w,
+                      const typename AttentionWeights<S>::Vec& b) {
+  Matrix<S> y = x * w.transpose();
+  if (b.size()) y.rowwise() += b.transpose();
+  return y;
+}
+
 template <class S>
 Matrix<S> attention_forward(const AttentionWeights<S>& w, const Matrix<S>& x, const AttentionOptions& opt = {}) {
   const Index n = x.rows(), d = w.head_dim, per = w.num_heads / w.num_kv_heads;

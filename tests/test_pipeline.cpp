@@ -13,20 +13,13 @@
 using namespace headalign;
 using headalign::test::attention_forward;
 using headalign::test::gaussian;
+using headalign::test::projections;
 using headalign::test::random_layer;
 using headalign::test::random_orthogonal;
 using headalign::test::random_rope_rotation;
 using headalign::test::relative_diff;
 
 namespace {
-
-template <class S>
-Matrix<S> projections(const Matrix<S>& x, const typename AttentionWeights<S>::Rows& w,
-                      const typename AttentionWeights<S>::Vec& b) {
-  Matrix<S> y = x * w.transpose();
-  if (b.size()) y.rowwise() += b.transpose();
-  return y;
-}
 
 // Σ over query-side KV heads p of mean_t ‖K_p(aligned MHA) − K_{p / (H/g)}(GQA)‖²: the error
 // merging actually makes on the tokens x.

@@ -19,6 +19,7 @@ using namespace headalign;
 using headalign::test::AttentionOptions;
 using headalign::test::attention_forward;
 using headalign::test::gaussian;
+using headalign::test::projections;
 using headalign::test::random_layer;
 using headalign::test::random_orthogonal;
 using headalign::test::random_rope_rotation;
@@ -39,14 +40,6 @@ Matrix<double> rope_compatible_rotation(Index d, const RopeSpec& rope, std::mt19
   const Index rd = rotary_dims(rope, d);
   if (rd < d) r.bottomRightCorner(d - rd, d - rd) = random_orthogonal<double>(d - rd, rng);
   return r;
-}
-
-// Keys (or values) of every KV head, n × (Hkv·d), biases included: what a calibration run records.
-Matrix<double> projections(const Matrix<double>& x, const AttentionWeights<double>::Rows& w,
-                           const AttentionWeights<double>::Vec& b) {
-  Matrix<double> y = x * w.transpose();
-  if (b.size()) y.rowwise() += b.transpose();
-  return y;
 }
 
 }  // namespace
@@ -173,8 +166,8 @@ TEST_CASE("rotated copies inside groups merge exactly after alignment, not befor
     // Calibrate on other tokens, align every group, fold, merge.
     const Matrix<double> xc = gaussian<double>(calib, hidden, rng);
     HeadGram<double> gk(h, d), gv(h, d);
-    gk.add(projections(xc, w.k, w.k_bias));
-    gv.add(projections(xc, w.v, w.v_bias));
+    gk.add(projections<double>(xc, w.k, w.k_bias));
+    gv.add(projections<double>(xc, w.v, w.v_bias));
     std::vector<Matrix<double>> rk, rv;
     for (Index c = 0; c < groups; ++c) {
       std::vector<Index> heads;
@@ -258,16 +251,16 @@ TEST_CASE("gated mixture: z = 1 is the MHA, z = 0 the GQA, activations equal wei
     zv(j) = unit(rng);
   }
   const AttentionWeights<double> mixed = gated_weights(w, gqa, zk, zv);
-  const Matrix<double> k_mix = gate_mix(projections(x, w.k, w.k_bias), projections(x, gqa.k, gqa.k_bias), zk, d);
-  const Matrix<double> v_mix = gate_mix(projections(x, w.v, w.v_bias), projections(x, gqa.v, gqa.v_bias), zv.array(), d);
-  CHECK((projections(x, mixed.k, mixed.k_bias) - k_mix).cwiseAbs().maxCoeff() < 1e-13);
-  CHECK((projections(x, mixed.v, mixed.v_bias) - v_mix).cwiseAbs().maxCoeff() < 1e-13);
+  const Matrix<double> k_mix = gate_mix(projections<double>(x, w.k, w.k_bias), projections<double>(x, gqa.k, gqa.k_bias), zk, d);
+  const Matrix<double> v_mix = gate_mix(projections<double>(x, w.v, w.v_bias), projections<double>(x, gqa.v, gqa.v_bias), zv.array(), d);
+  CHECK((projections<double>(x, mixed.k, mixed.k_bias) - k_mix).cwiseAbs().maxCoeff() < 1e-13);
+  CHECK((projections<double>(x, mixed.v, mixed.v_bias) - v_mix).cwiseAbs().maxCoeff() < 1e-13);
   // An independent element: head 4 (group 1) at one token.
   const Index j = 4;
   const Vector<double> kh = w.k.middleRows(j * d, d) * x.row(0).transpose() + w.k_bias.segment(j * d, d);
   const Vector<double> kg = gqa.k.middleRows(d, d) * x.row(0).transpose() + gqa.k_bias.segment(d, d);
   CHECK((k_mix.block(0, j * d, 1, d).transpose() - (zk(j) * kh + (1 - zk(j)) * kg)).cwiseAbs().maxCoeff() < 1e-13);
-  CHECK_THROWS_AS(gate_mix(projections(x, w.k, w.k_bias), projections(x, gqa.k, gqa.k_bias), Vector<double>(h - 1), d),
+  CHECK_THROWS_AS(gate_mix(projections<double>(x, w.k, w.k_bias), projections<double>(x, gqa.k, gqa.k_bias), Vector<double>(h - 1), d),
                   invalid_argument);
   CHECK_THROWS_AS(gated_weights(w, gqa, Vector<double>(h - 1), zv), invalid_argument);
 }

@@ -70,7 +70,12 @@ void syrk_lower(Matrix<S>& c, const S* a, Index k, Index lda, bool trans = false
 /// Eigen::MatrixXd g01 = g.block(0, 1);                    // X_0ᵀ X_1
 /// @endcode
 template <class S>
+class HeadMoments;
+
+template <class S>
 class HeadGram {
+  friend class HeadMoments<S>;
+
   static_assert(std::is_same<S, float>::value || std::is_same<S, double>::value,
                 "headalign: HeadGram accumulates in float or double");
 
@@ -320,6 +325,144 @@ class HeadGram {
   Index chunk_;
   Index tokens_ = 0;
   Matrix<S> g_;  // lower triangle of G = Σ x xᵀ
+};
+
+/// @brief Per-head second moments \f$ \Sigma_h = \sum_t q_{h,t}^\top q_{h,t} \f$ (d × d for each of H
+/// heads): the diagonal blocks of a HeadGram, without the H² cross blocks.
+///
+/// This is the statistic that query-aware key merging needs (merge.hpp, query_metrics()): an
+/// inference engine fills it from the pre-RoPE query projections during the same calibration pass
+/// that fills the key and value HeadGrams. Memory is H·d² (32 × 128: 4 MB in double) whatever the
+/// number of tokens; accumulators over disjoint tokens merge by addition.
+/// @code
+/// headalign::HeadMoments<double> q(32, 128);
+/// for (const auto& batch : query_batches) q.add(batch);   // batch: n × 4096, pre-RoPE queries
+/// @endcode
+template <class S>
+class HeadMoments {
+ public:
+  using Scalar = S;
+
+  /// @throws invalid_argument when a size is not positive
+  HeadMoments(Index num_heads, Index head_dim) : d_(head_dim) {
+    HEADALIGN_CHECK(num_heads > 0, "num_heads (" << num_heads << ") must be positive");
+    HEADALIGN_CHECK(head_dim > 0, "head_dim (" << head_dim << ") must be positive");
+    heads_.assign(static_cast<std::size_t>(num_heads), HeadGram<S>(1, head_dim));
+  }
+
+  /// @brief Accumulates token rows: @p tokens is n × (H·d), head h in columns [h·d, (h+1)·d).
+  /// @throws invalid_argument when the width is not H·d or the data hold NaN/Inf (nothing is added then)
+  template <class Derived>
+  void add(const Eigen::MatrixBase<Derived>& tokens) {
+    HEADALIGN_CHECK(tokens.cols() == num_heads() * d_, "query rows have " << tokens.cols() << " columns, expected num_heads · head_dim = "
+                                                                          << num_heads() << " · " << d_ << " = " << num_heads() * d_);
+    detail::check_finite(tokens, "query activations");
+    for (Index h = 0; h < num_heads(); ++h) heads_[static_cast<std::size_t>(h)].add(tokens.middleCols(h * d_, d_));
+  }
+
+  /// @brief Accumulates @p rows token rows from a row-major buffer with @p row_stride elements per row.
+  template <class T>
+  void add(const T* data, Index rows, Index row_stride) {
+    HEADALIGN_CHECK(rows >= 0 && row_stride >= num_heads() * d_,
+                    "row_stride (" << row_stride << ") is smaller than num_heads · head_dim (" << num_heads() * d_ << ")");
+    using Map = Eigen::Map<const Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>, 0, Eigen::OuterStride<>>;
+    add(Map(data, rows, num_heads() * d_, Eigen::OuterStride<>(row_stride)));
+  }
+
+  /// @brief Adds the moments of another accumulator (disjoint tokens).
+  /// @throws invalid_argument when the shapes differ
+  void merge(const HeadMoments& other) {
+    HEADALIGN_CHECK(other.num_heads() == num_heads() && other.d_ == d_, "cannot merge HeadMoments of "
+                                                                            << other.num_heads() << " × " << other.d_ << " into "
+                                                                            << num_heads() << " × " << d_);
+    for (std::size_t h = 0; h < heads_.size(); ++h) heads_[h].merge(other.heads_[h]);
+  }
+
+  Index num_heads() const { return static_cast<Index>(heads_.size()); }
+  Index head_dim() const { return d_; }
+  /// Number of token rows accumulated (for data-free moments: 1, one expectation).
+  Index tokens() const { return heads_.front().tokens(); }
+
+  /// @brief \f$ \Sigma_h = \sum_t q_{h,t}^\top q_{h,t} \f$, d × d symmetric.
+  /// @throws invalid_argument for a head index out of range
+  Matrix<S> block(Index h) const {
+    HEADALIGN_CHECK(h >= 0 && h < num_heads(), "head index " << h << " out of range for " << num_heads() << " heads");
+    return heads_[static_cast<std::size_t>(h)].block(0, 0);
+  }
+
+  /// @brief Data-free moments from the query projection alone: $ \Sigma_h = W_h W_h^	op $
+  /// (whitened inputs, one "average token"; see HeadGram::from_weights()).
+  /// @param weights [H·d, hidden], head h owning rows [h·d, (h+1)·d)
+  template <class Derived>
+  static HeadMoments from_weights(const Eigen::MatrixBase<Derived>& weights, Index num_heads, Index head_dim) {
+    HeadMoments m(num_heads, head_dim);
+    HEADALIGN_CHECK(weights.rows() == num_heads * head_dim, "query weights have " << weights.rows()
+                                                                                 << " rows, expected num_heads · head_dim = "
+                                                                                 << num_heads * head_dim);
+    for (Index h = 0; h < num_heads; ++h)
+      m.heads_[static_cast<std::size_t>(h)] = HeadGram<S>::from_weights(weights.middleRows(h * head_dim, head_dim), 1, head_dim);
+    return m;
+  }
+
+  /// @brief Adds the moments to @p w as tensor @p name [H, d, d] with metadata `<name>.num_heads`,
+  /// `.head_dim`, `.tokens` and `.kind` = "moments".
+  void write_to(io::SafetensorsWriter& w, const std::string& name) const {
+    HEADALIGN_CHECK(!name.empty(), "HeadMoments::write_to: the tensor needs a name");
+    std::vector<S> data;
+    data.reserve(static_cast<std::size_t>(num_heads() * d_ * d_));
+    for (Index h = 0; h < num_heads(); ++h) {
+      const Matrix<S> b = block(h);  // symmetric: column-major == row-major
+      data.insert(data.end(), b.data(), b.data() + b.size());
+    }
+    w.add(name, {num_heads(), d_, d_}, data.data());
+    w.set_metadata(name + ".num_heads", std::to_string(num_heads()));
+    w.set_metadata(name + ".head_dim", std::to_string(d_));
+    w.set_metadata(name + ".tokens", std::to_string(tokens()));
+    w.set_metadata(name + ".kind", "moments");
+  }
+
+  /// @brief Reads moments written by write_to() from an open file.
+  /// @throws io_error when they are missing, inconsistent, non-symmetric, hold NaN/Inf or a negative diagonal
+  static HeadMoments read_from(io::SafetensorsReader& r, const std::string& name) {
+    const auto& meta = r.metadata();
+    auto field = [&](const std::string& key) -> const std::string& {
+      auto it = meta.find(name + "." + key);
+      if (it == meta.end()) detail::throw_io_error("'" + r.path() + "' lacks metadata '" + name + "." + key + "'");
+      return it->second;
+    };
+    auto integer = [&](const std::string& key) {
+      const std::string& s = field(key);
+      if (s.empty() || s.size() > 18 || s.find_first_not_of("0123456789") != std::string::npos)
+        detail::throw_io_error("'" + r.path() + "': metadata '" + name + "." + key + "' = '" + s + "' is not a non-negative integer");
+      return static_cast<Index>(std::stoll(s));
+    };
+    if (field("kind") != "moments") detail::throw_io_error("'" + r.path() + "': '" + name + "' is not a HeadMoments tensor");
+    const Index h = integer("num_heads"), d = integer("head_dim"), n = integer("tokens");
+    if (h <= 0 || d <= 0 || h > (1 << 16) || d > (1 << 12))
+      detail::throw_io_error("'" + r.path() + "': implausible num_heads " + std::to_string(h) + " / head_dim " + std::to_string(d));
+    if (!r.contains(name)) detail::throw_io_error("'" + r.path() + "' has no tensor '" + name + "'");
+    const auto& info = r.info(name);
+    if (info.shape != std::vector<std::int64_t>{h, d, d})
+      detail::throw_io_error("'" + r.path() + "': tensor '" + name + "' is not [" + std::to_string(h) + ", " + std::to_string(d) +
+                             ", " + std::to_string(d) + "]");
+    HeadMoments m(h, d);
+    Matrix<S> b(d, d);
+    for (Index i = 0; i < h; ++i) {
+      r.read(name, static_cast<std::uint64_t>(i * d * d), static_cast<std::uint64_t>(d * d), b.data());
+      if (!detail::all_finite(b) || b != b.transpose() || (b.diagonal().array() < S(0)).any())
+        detail::throw_io_error("'" + r.path() + "': head " + std::to_string(i) + " of '" + name +
+                               "' is not a finite symmetric matrix with a non-negative diagonal");
+      HeadGram<S>& g = m.heads_[static_cast<std::size_t>(i)];
+      g = HeadGram<S>(1, d);
+      g.g_ = b;
+      g.tokens_ = n;
+    }
+    return m;
+  }
+
+ private:
+  Index d_;
+  std::vector<HeadGram<S>> heads_;  // one single-head Gram per head
 };
 
 /// @brief Saves several named Grams (e.g. "layers.0.key", "layers.0.value", …) in one

@@ -53,6 +53,8 @@ struct LayerPlan {
   std::vector<GpaResult<S>> value_gpa;     ///< per group
   MergeError<S> key_error;    ///< predicted merge error of the keys, per original head (from the key Gram)
   MergeError<S> value_error;  ///< predicted merge error of the values
+  Alignment key_alignment = Alignment::None;  ///< the options' key alignment (for convert_layer's RoPE default)
+  RopeSpec rope = {};                         ///< the options' RoPE spec
   /// Whether every GPA converged.
   bool converged() const {
     for (const auto& r : key_gpa)
@@ -83,6 +85,8 @@ LayerPlan<S> plan_layer(const HeadGram<S>& keys, const HeadGram<S>& values, cons
   HEADALIGN_CHECK(options.num_groups > 0 && h % options.num_groups == 0,
                   "plan_layer: num_heads (" << h << ") is not divisible by num_groups (" << options.num_groups << ")");
   LayerPlan<S> plan;
+  plan.key_alignment = options.key_alignment;
+  plan.rope = options.rope;
   switch (options.group_by) {
     case GroupBy::None: break;
     case GroupBy::Key:
@@ -115,13 +119,90 @@ LayerPlan<S> plan_layer(const HeadGram<S>& keys, const HeadGram<S>& values, cons
   return plan;
 }
 
-/// @brief Folds a plan into an MHA layer and merges it: apply_alignment() then merge_to_gqa().
-/// The result has `plan.grouping.groups.size()` KV heads; query head p is old head plan.order[p].
+namespace detail {
+
 template <class S>
-AttentionWeights<S> convert_layer(const AttentionWeights<S>& w, const LayerPlan<S>& plan) {
-  AttentionWeights<S> aligned = w;
-  apply_alignment(aligned, plan.order, plan.key_rotations, plan.value_rotations);
-  return merge_to_gqa(aligned, static_cast<Index>(plan.grouping.groups.size()));
+struct PreparedMerge {
+  AttentionWeights<S> aligned;
+  std::vector<Matrix<S>> key_metrics;  // per new head; empty without query statistics
+  MergeMixing<S> mixing;
+};
+
+template <class S>
+PreparedMerge<S> prepare_merge(const AttentionWeights<S>& w, const LayerPlan<S>& plan, const MergeOptions& merge,
+                               const HeadMoments<S>* queries) {
+  PreparedMerge<S> p{w, {}, {}};
+  apply_alignment(p.aligned, plan.order, plan.key_rotations, plan.value_rotations);
+  if (queries) {
+    HEADALIGN_CHECK(queries->num_heads() == w.num_heads && queries->head_dim() == w.head_dim,
+                    "convert_layer: query moments are " << queries->num_heads() << " heads × " << queries->head_dim()
+                                                        << " but the layer has " << w.num_heads << " × " << w.head_dim);
+    const std::optional<RopeSpec> rope =
+        merge.rope ? merge.rope : plan.key_alignment == Alignment::Rope ? std::optional<RopeSpec>(plan.rope) : std::nullopt;
+    p.key_metrics = query_metrics(*queries, w.num_heads, rope, plan.order, plan.key_rotations);
+  }
+  p.mixing = merge_mixing(p.aligned, static_cast<Index>(plan.grouping.groups.size()), merge, p.key_metrics);
+  return p;
+}
+
+}  // namespace detail
+
+/// @brief Folds a plan into an MHA layer and merges it: apply_alignment() then merge_to_gqa().
+///
+/// The result has `plan.grouping.groups.size()` KV heads; query head p is old head plan.order[p].
+/// @p merge chooses the weighting (MergeWeighting): the plain mean by default; output-aware value
+/// merging needs the weights only; query-aware key merging needs the query moments of the layer
+/// (@p queries, pre-RoPE, original head order), which are rotated with the keys and, for RoPE
+/// models, averaged over relative positions.
+/// @throws invalid_argument when the weighting needs query moments and none are given, or they
+///         do not match the layer
+template <class S>
+AttentionWeights<S> convert_layer(const AttentionWeights<S>& w, const LayerPlan<S>& plan, const MergeOptions& merge = {},
+                                  const HeadMoments<S>* queries = nullptr) {
+  const detail::PreparedMerge<S> p = detail::prepare_merge(w, plan, merge, queries);
+  return merge_to_gqa(p.aligned, static_cast<Index>(plan.grouping.groups.size()), p.mixing);
+}
+
+/// @brief What a merge is predicted to cost where it matters, from the Grams: the output error
+/// \f$ \sum_h E\|O_h(v_h - v_g)\|^2 \f$ and, with query moments, the logit error
+/// \f$ \sum_h E[(q_h^\top(k_h - k_g))^2] \f$, for the chosen weighting and for the plain mean
+/// (both after alignment). Units are those of the Grams (row-normalised Grams: unit-length heads).
+template <class S>
+struct MergeAssessment {
+  MergeError<S> value_output;       ///< output error of the chosen value merge
+  MergeError<S> value_output_mean;  ///< the same for the mean
+  MergeError<S> key_logit;          ///< logit error of the chosen key merge (empty without query moments)
+  MergeError<S> key_logit_mean;     ///< the same for the mean (empty without query moments)
+};
+
+/// @brief Predicts, from the key and value Grams, the output and logit errors of
+/// convert_layer(@p w, @p plan, @p merge, @p queries) and of the plain mean (predicted_merge_error()
+/// with mixing and metric matrices).
+template <class S>
+MergeAssessment<S> assess_merge(const HeadGram<S>& keys, const HeadGram<S>& values, const AttentionWeights<S>& w,
+                                const LayerPlan<S>& plan, const MergeOptions& merge = {},
+                                const HeadMoments<S>* queries = nullptr) {
+  const detail::PreparedMerge<S> p = detail::prepare_merge(w, plan, merge, queries);
+  const std::size_t h = plan.order.size();
+  // Everything by original head index, as the Grams and the groups are.
+  auto by_head = [&](const std::vector<Matrix<S>>& per_new) {
+    std::vector<Matrix<S>> out;
+    if (per_new.empty()) return out;
+    out.resize(h);
+    for (std::size_t q = 0; q < h; ++q) out[static_cast<std::size_t>(plan.order[q])] = per_new[q];
+    return out;
+  };
+  const auto key_rot = by_head(plan.key_rotations), value_rot = by_head(plan.value_rotations);
+  const auto out_metrics = by_head(output_metrics(p.aligned));
+  MergeAssessment<S> a;
+  a.value_output = predicted_merge_error(values, plan.grouping.groups, value_rot, by_head(p.mixing.value), out_metrics);
+  a.value_output_mean = predicted_merge_error(values, plan.grouping.groups, value_rot, {}, out_metrics);
+  if (!p.key_metrics.empty()) {
+    const auto q_metrics = by_head(p.key_metrics);
+    a.key_logit = predicted_merge_error(keys, plan.grouping.groups, key_rot, by_head(p.mixing.key), q_metrics);
+    a.key_logit_mean = predicted_merge_error(keys, plan.grouping.groups, key_rot, {}, q_metrics);
+  }
+  return a;
 }
 
 }  // namespace headalign
