@@ -224,8 +224,10 @@ struct Layer {
   MatF inter, out;  // [intermediate, hidden], [hidden, intermediate]
 };
 
-/// Called for every layer with the token rows of its key and value projections (n × Hkv·d).
-using KvHook = std::function<void(Index layer, const Eigen::MatrixXf& keys, const Eigen::MatrixXf& values)>;
+/// Called for every layer with the token rows of its query, key and value projections
+/// (n × H·d, n × Hkv·d, n × Hkv·d; biases included).
+using KvHook = std::function<void(Index layer, const Eigen::MatrixXf& queries, const Eigen::MatrixXf& keys,
+                                  const Eigen::MatrixXf& values)>;
 
 class Encoder {
  public:
@@ -289,7 +291,7 @@ class Encoder {
       q.rowwise() += a.q_bias.transpose();
       k.rowwise() += a.k_bias.transpose();
       v.rowwise() += a.v_bias.transpose();
-      if (hook) hook(static_cast<Index>(l), k, v);
+      if (hook) hook(static_cast<Index>(l), q, k, v);
       Eigen::MatrixXf ctx(n, h * d);
       const float scale = 1.0f / std::sqrt(static_cast<float>(d));
       for (Index head = 0; head < h; ++head) {

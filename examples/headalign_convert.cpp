@@ -5,12 +5,13 @@
 //                     [--group-by value|key|joint|none] [--criterion cos|dist]
 //                     [--keys auto|rope|orthogonal|none] [--values orthogonal|none]
 //                     [--grouping local|hill|exact] [--gpa reference|sequential] [--seed N] [--threads N]
-//                     [--aligned-only] [--save-grams FILE] [--quiet]
+//                     [--merge mean|output|query|full] [--aligned-only] [--save-grams FILE] [--quiet]
 //
 // The calibration file holds, for every layer i, `layers.{i}.key` and `layers.{i}.value`
 // [tokens, H·d] (pre-RoPE outputs of the key and value projections, F32/F16/BF16/F64), read in
-// chunks; or a Gram set written by --save-grams (headalign::save_grams); `none` selects the
-// data-free mode (G_ij = W_i W_jᵀ). The output directory gets config.json with
+// chunks, and optionally `layers.{i}.query` (pre-RoPE queries, for query-aware key merging); or
+// a Gram set written by --save-grams (headalign::save_grams); `none` selects the data-free mode
+// (G_ij = W_i W_jᵀ, query moments W_q,h W_q,hᵀ). The output directory gets config.json with
 // num_key_value_heads = G, the safetensors (sharded as the input) with q/k/v/o replaced and every
 // other tensor copied bit-exact, the model's other files, and report.json. It is assembled in a
 // temporary directory beside --output and renamed at the end: a failed run leaves nothing there.
@@ -46,7 +47,7 @@ namespace {
 
 struct Options {
   std::string model, calibration, output, group_by = "value", criterion = "cos", keys = "auto", values = "orthogonal",
-                                          grouping = "local", gpa = "sequential", save_grams;
+                                          grouping = "local", gpa = "sequential", merge = "full", save_grams;
   Index kv_heads = 0;
   std::uint64_t seed = 0;
   int threads = 1;
@@ -58,12 +59,28 @@ struct Options {
 // The calibration source: activations, a Gram set, or nothing (data-free).
 enum class CalibrationKind { Activations, Grams, DataFree };
 
+struct Calibration {
+  CalibrationKind kind = CalibrationKind::DataFree;
+  bool queries = false;  // query statistics for every layer (query-aware key merging)
+};
+
 std::string key_name(Index layer) { return "layers." + std::to_string(layer) + ".key"; }
 std::string value_name(Index layer) { return "layers." + std::to_string(layer) + ".value"; }
+std::string query_name(Index layer) { return "layers." + std::to_string(layer) + ".query"; }
+
+// Whether every layer has query statistics; an error when only some have.
+bool all_or_none(const io::SafetensorsReader& r, const Options& o, const io::ModelConfig& cfg) {
+  Index present = 0;
+  for (Index i = 0; i < cfg.num_layers; ++i) present += r.contains(query_name(i));
+  if (present != 0 && present != cfg.num_layers)
+    fail("calibration file '" + o.calibration + "' has query statistics for " + std::to_string(present) + " of " +
+         std::to_string(cfg.num_layers) + " layers ('layers.{i}.query'); give them for every layer or none");
+  return present == cfg.num_layers;
+}
 
 // Checks the calibration file against the model before any heavy work.
-CalibrationKind inspect_calibration(const Options& o, const io::ModelConfig& cfg, bool cos) {
-  if (o.calibration == "none") return CalibrationKind::DataFree;
+Calibration inspect_calibration(const Options& o, const io::ModelConfig& cfg, bool cos) {
+  if (o.calibration == "none") return {CalibrationKind::DataFree, true};
   io::SafetensorsReader r(o.calibration);
   const Index width = cfg.num_heads * cfg.head_dim;
   auto format = r.metadata().find("format");
@@ -82,10 +99,21 @@ CalibrationKind inspect_calibration(const Options& o, const io::ModelConfig& cfg
           fail("calibration Gram '" + name + "' was accumulated " + (norm->second == "1" ? "with" : "without") +
                " row normalisation, which --criterion " + o.criterion + " " + (cos ? "needs" : "does not use"));
       }
-    return CalibrationKind::Grams;
+    const bool queries = all_or_none(r, o, cfg);
+    for (Index i = 0; queries && i < cfg.num_layers; ++i) {
+      const auto& meta = r.metadata();
+      auto heads = meta.find(query_name(i) + ".num_heads"), dim = meta.find(query_name(i) + ".head_dim");
+      if (heads == meta.end() || dim == meta.end() || heads->second != std::to_string(cfg.num_heads) ||
+          dim->second != std::to_string(cfg.head_dim))
+        fail("calibration query moments '" + query_name(i) + "' lack metadata or are not " + std::to_string(cfg.num_heads) +
+             " heads × " + std::to_string(cfg.head_dim));
+    }
+    return {CalibrationKind::Grams, queries};
   }
+  const bool queries = all_or_none(r, o, cfg);
   for (Index i = 0; i < cfg.num_layers; ++i)
-    for (const std::string& name : {key_name(i), value_name(i)}) {
+    for (const std::string& name : {key_name(i), value_name(i), query_name(i)}) {
+      if (name == query_name(i) && !queries) continue;
       if (!r.contains(name)) fail("calibration file '" + o.calibration + "' lacks tensor '" + name + "'");
       const auto& t = r.info(name);
       if (!io::is_float(t.dtype)) fail("calibration tensor '" + name + "' has dtype " + io::dtype_name(t.dtype) + ", not F32/F16/BF16/F64");
@@ -93,11 +121,12 @@ CalibrationKind inspect_calibration(const Options& o, const io::ModelConfig& cfg
         fail("calibration tensor '" + name + "' has shape " + io::ModelCheckpoint::shape_string(t.shape) +
              ", expected [tokens > 0, " + std::to_string(width) + "] (num_heads · head_dim)");
     }
-  return CalibrationKind::Activations;
+  return {CalibrationKind::Activations, queries};
 }
 
-// Streams one [tokens, H·d] calibration tensor into a Gram, a chunk of rows at a time.
-void accumulate(io::SafetensorsReader& r, const std::string& name, HeadGram<double>& g) {
+// Streams one [tokens, H·d] calibration tensor into a Gram (or query moments), a chunk of rows at a time.
+template <class Accumulator>
+void accumulate(io::SafetensorsReader& r, const std::string& name, Accumulator& g) {
   const auto& t = r.info(name);
   const auto rows = static_cast<std::uint64_t>(t.shape[0]), width = static_cast<std::uint64_t>(t.shape[1]);
   const std::uint64_t chunk = std::max<std::uint64_t>(1, (std::uint64_t(4) << 20) / (width * sizeof(float)));
@@ -118,7 +147,9 @@ struct LayerResult {
   Weights converted;
   nlohmann::json report;
   std::unique_ptr<HeadGram<double>> key_gram, value_gram;  // kept only for --save-grams
+  std::unique_ptr<HeadMoments<double>> query_moments;      // likewise
   double key_rel = 0, value_rel = 0, key_base = 0, value_base = 0, seconds = 0;
+  double output_rel = 0, output_mean_rel = 0, logit_rel = -1, logit_mean_rel = -1;  // -1: no query statistics
   int gpa_iterations = 0;
   bool converged = true;
 };
@@ -140,24 +171,30 @@ Alignment parse_alignment(const std::string& s) {
   return Alignment::None;
 }
 
-LayerResult convert_one(const Options& o, io::ModelCheckpoint& ckpt, io::SafetensorsReader* calib, CalibrationKind kind,
-                        Index layer, const PlanOptions& plan_options) {
+LayerResult convert_one(const Options& o, io::ModelCheckpoint& ckpt, io::SafetensorsReader* calib, const Calibration& calibration,
+                        Index layer, const PlanOptions& plan_options, const MergeOptions& merge) {
+  const CalibrationKind kind = calibration.kind;
   const auto start = std::chrono::steady_clock::now();
   const io::ModelConfig& cfg = ckpt.config();
   const bool cos = o.criterion == "cos";
   LayerResult res;
   const Weights w = ckpt.read_attention<double>(layer);
   HeadGram<double> gk(cfg.num_heads, cfg.head_dim, cos), gv(cfg.num_heads, cfg.head_dim, cos);
+  std::optional<HeadMoments<double>> gq;
   if (kind == CalibrationKind::Activations) {
     accumulate(*calib, key_name(layer), gk);
     accumulate(*calib, value_name(layer), gv);
+    if (calibration.queries) accumulate(*calib, query_name(layer), gq.emplace(cfg.num_heads, cfg.head_dim));
   } else if (kind == CalibrationKind::Grams) {
     gk = HeadGram<double>::read_from(*calib, key_name(layer));
     gv = HeadGram<double>::read_from(*calib, value_name(layer));
+    if (calibration.queries) gq.emplace(HeadMoments<double>::read_from(*calib, query_name(layer)));
   } else {
     gk = HeadGram<double>::from_weights(w.k, cfg.num_heads, cfg.head_dim);
     gv = HeadGram<double>::from_weights(w.v, cfg.num_heads, cfg.head_dim);
+    gq.emplace(HeadMoments<double>::from_weights(w.q, cfg.num_heads, cfg.head_dim));
   }
+  const HeadMoments<double>* queries = gq ? &*gq : nullptr;
   const LayerPlan<double> plan = plan_layer(gk, gv, plan_options);
   const auto contiguous = group_contiguous(cfg.num_heads, plan_options.num_groups).groups;
   const MergeError<double> key_base = predicted_merge_error(gk, contiguous), value_base = predicted_merge_error(gv, contiguous);
@@ -165,7 +202,20 @@ LayerResult convert_one(const Options& o, io::ModelCheckpoint& ckpt, io::Safeten
     res.converted = w;
     apply_alignment(res.converted, plan.order, plan.key_rotations, plan.value_rotations);
   } else {
-    res.converted = convert_layer(w, plan);
+    res.converted = convert_layer(w, plan, merge, queries);
+  }
+  const MergeAssessment<double> assessed = assess_merge(gk, gv, w, plan, merge, queries);
+  res.output_rel = assessed.value_output.relative();
+  res.output_mean_rel = assessed.value_output_mean.relative();
+  if (queries) {
+    res.logit_rel = assessed.key_logit.relative();
+    res.logit_mean_rel = assessed.key_logit_mean.relative();
+  }
+  nlohmann::json merge_report = {{"output_error", error_json(assessed.value_output)},
+                                 {"output_error_mean", error_json(assessed.value_output_mean)}};
+  if (queries) {
+    merge_report["logit_error"] = error_json(assessed.key_logit);
+    merge_report["logit_error_mean"] = error_json(assessed.key_logit_mean);
   }
   res.key_rel = plan.key_error.relative();
   res.value_rel = plan.value_error.relative();
@@ -191,11 +241,13 @@ LayerResult convert_one(const Options& o, io::ModelCheckpoint& ckpt, io::Safeten
                           {"mean_pool_predicted_error", error_json(key_base)}}},
                 {"values", {{"gpa", gpa_json(plan.value_gpa)}, {"predicted_error", error_json(plan.value_error)},
                             {"mean_pool_predicted_error", error_json(value_base)}}},
+                {"merge", merge_report},
                 {"converged", res.converged},
                 {"seconds", res.seconds}};
   if (!o.save_grams.empty()) {
     res.key_gram = std::make_unique<HeadGram<double>>(std::move(gk));
     res.value_gram = std::make_unique<HeadGram<double>>(std::move(gv));
+    if (gq && kind != CalibrationKind::DataFree) res.query_moments = std::make_unique<HeadMoments<double>>(std::move(*gq));
   }
   return res;
 }
@@ -244,7 +296,20 @@ int run(const Options& o) {
 
   const fs::path out(o.output);
   if (fs::exists(out)) fail("output '" + o.output + "' already exists; remove it or choose another");
-  const CalibrationKind kind = inspect_calibration(o, cfg, cos);
+  const Calibration calibration = inspect_calibration(o, cfg, cos);
+  const CalibrationKind kind = calibration.kind;
+  // --merge full = query- and output-aware when query statistics exist, output-aware otherwise.
+  MergeOptions merge;
+  std::string merge_used = o.merge;
+  if (o.merge == "full" && !calibration.queries) merge_used = "output";
+  if (o.merge == "query" && !calibration.queries)
+    fail("--merge query needs query statistics: 'layers.{i}.query' [tokens, H·d] (pre-RoPE query projections) in the "
+         "calibration file, query moments in the Gram set, or --calibration none");
+  merge.weighting = merge_used == "output"  ? MergeWeighting::OutputAware
+                    : merge_used == "query" ? MergeWeighting::QueryAware
+                    : merge_used == "full"  ? MergeWeighting::Full
+                                            : MergeWeighting::Mean;
+  if (cfg.has_rope) merge.rope = cfg.rope;
 
   PlanOptions plan_options;
   plan_options.num_groups = o.kv_heads;
@@ -285,7 +350,7 @@ int run(const Options& o) {
           std::lock_guard<std::mutex> lock(mutex);
           if (error) return;
         }
-        results[i] = convert_one(o, ck, calib.get(), kind, static_cast<Index>(i), plan_options);
+        results[i] = convert_one(o, ck, calib.get(), calibration, static_cast<Index>(i), plan_options, merge);
         std::lock_guard<std::mutex> lock(mutex);
         progress(o, ++done, layers);
       }
@@ -365,11 +430,13 @@ int run(const Options& o) {
   report["kv_heads"] = o.aligned_only ? cfg.num_heads : o.kv_heads;
   report["aligned_only"] = o.aligned_only;
   report["settings"] = {{"group_by", o.group_by}, {"criterion", o.criterion}, {"keys", keys}, {"values", o.values},
-                        {"grouping", o.grouping}, {"gpa", o.gpa}, {"seed", o.seed}, {"threads", threads}};
+                        {"grouping", o.grouping}, {"gpa", o.gpa}, {"merge", o.merge}, {"merge_used", merge_used},
+                        {"seed", o.seed}, {"threads", threads}};
   report["calibration"] = {{"source", o.calibration},
                            {"kind", kind == CalibrationKind::Activations ? "activations"
                                     : kind == CalibrationKind::Grams     ? "grams"
-                                                                         : "data-free"}};
+                                                                         : "data-free"},
+                           {"query_statistics", calibration.queries}};
   report["seconds"] = convert_seconds;
   report["layers"] = nlohmann::json::array();
   for (const auto& r : results) report["layers"].push_back(r.report);
@@ -377,28 +444,40 @@ int run(const Options& o) {
 
   if (!o.save_grams.empty()) {
     std::vector<std::pair<std::string, const HeadGram<double>*>> grams;
+    std::vector<std::pair<std::string, const HeadMoments<double>*>> moments;
     for (std::size_t i = 0; i < layers; ++i) {
       grams.emplace_back(key_name(static_cast<Index>(i)), results[i].key_gram.get());
       grams.emplace_back(value_name(static_cast<Index>(i)), results[i].value_gram.get());
+      if (results[i].query_moments) moments.emplace_back(query_name(static_cast<Index>(i)), results[i].query_moments.get());
     }
-    save_grams(o.save_grams, grams);
+    save_grams(o.save_grams, grams, moments);
   }
 
   fs::rename(tmp.path, out);
   tmp.keep = true;
 
   if (!o.quiet) {
-    std::printf("%s (%s, %lld layers × %lld heads × %lld dims) → %s KV heads, group by %s, %s, keys %s, values %s\n",
+    std::printf("%s (%s, %lld layers × %lld heads × %lld dims) → %s KV heads, group by %s, %s, keys %s, values %s, merge %s\n",
                 o.model.c_str(), cfg.model_type.c_str(), static_cast<long long>(cfg.num_layers),
                 static_cast<long long>(cfg.num_heads), static_cast<long long>(cfg.head_dim),
                 o.aligned_only ? "aligned MHA (no merging)," : std::to_string(o.kv_heads).c_str(), o.group_by.c_str(),
-                o.criterion.c_str(), keys.c_str(), o.values.c_str());
-    std::printf("predicted merge error (share of the heads' energy lost), aligned vs plain mean-pool:\n");
-    std::printf("%6s %12s %12s %12s %12s %8s %8s\n", "layer", "key", "key mean", "value", "value mean", "GPA it", "seconds");
+                o.criterion.c_str(), keys.c_str(), o.values.c_str(), merge_used.c_str());
+    std::printf("predicted merge error (share of the heads' energy lost): keys and values aligned vs plain mean-pool;\n"
+                "attention logits and outputs, %s merge vs mean merge (both aligned)\n", merge_used.c_str());
+    std::printf("%6s %9s %9s %9s %9s %9s %9s %9s %9s %7s %8s\n", "layer", "key", "key mean", "value", "val mean", "logit",
+                "lgt mean", "output", "out mean", "GPA it", "seconds");
+    auto pct = [](double v) {
+      char b[32];
+      if (v < 0) return std::string("-");
+      std::snprintf(b, sizeof b, "%.2f%%", 100 * v);
+      return std::string(b);
+    };
     for (std::size_t i = 0; i < layers; ++i) {
       const auto& r = results[i];
-      std::printf("%6zu %11.2f%% %11.2f%% %11.2f%% %11.2f%% %8d %8.2f%s\n", i, 100 * r.key_rel, 100 * r.key_base,
-                  100 * r.value_rel, 100 * r.value_base, r.gpa_iterations, r.seconds, r.converged ? "" : "  (GPA hit its cap)");
+      std::printf("%6zu %9s %9s %9s %9s %9s %9s %9s %9s %7d %8.2f%s\n", i, pct(r.key_rel).c_str(), pct(r.key_base).c_str(),
+                  pct(r.value_rel).c_str(), pct(r.value_base).c_str(), pct(r.logit_rel).c_str(), pct(r.logit_mean_rel).c_str(),
+                  pct(r.output_rel).c_str(), pct(r.output_mean_rel).c_str(), r.gpa_iterations, r.seconds,
+                  r.converged ? "" : "  (GPA hit its cap)");
     }
     std::printf("wrote %s (%.1f s)\n", o.output.c_str(), convert_seconds);
   }
@@ -429,6 +508,10 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"reference", "sequential"}))->capture_default_str();
   app.add_option("--seed", o.seed, "seed of the grouping search")->capture_default_str();
   app.add_option("--threads", o.threads, "layers converted in parallel")->check(CLI::Range(1, 1024))->capture_default_str();
+  app.add_option("--merge", o.merge,
+                 "how a group's heads merge: mean (the paper), output (values weighted by the output projection), query "
+                 "(keys weighted by query statistics), full (both; output when there are no query statistics)")
+      ->check(CLI::IsMember({"mean", "output", "query", "full"}))->capture_default_str();
   app.add_flag("--aligned-only", o.aligned_only, "write the aligned MHA checkpoint (same function), without merging");
   app.add_option("--save-grams", o.save_grams, "also save the accumulated Grams (a Gram set) to this file");
   app.add_flag("--quiet", o.quiet, "no summary table, no progress bar");

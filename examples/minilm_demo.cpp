@@ -245,24 +245,30 @@ int main(int argc, char** argv) {
     std::size_t calib_tokens = 0, eval_tokens = 0;
     const auto calib_ids = tokenize(enc, calib, calib_tokens), eval_ids = tokenize(enc, eval, eval_tokens);
 
-    // 1. Calibration: the encoder's hook streams every layer's keys and values into HeadGrams.
+    // 1. Calibration: the encoder's hook streams every layer's keys and values into HeadGrams,
+    //    and its queries into HeadMoments (for query-aware key merging).
     std::vector<HeadGram<double>> gk, gv;
+    std::vector<HeadMoments<double>> gq;
     for (Index l = 0; l < layers; ++l) {
       gk.emplace_back(h, d, /*normalize_rows=*/true);
       gv.emplace_back(h, d, true);
+      gq.emplace_back(h, d);
     }
-    const bert::KvHook hook = [&](Index l, const Eigen::MatrixXf& k, const Eigen::MatrixXf& v) {
+    const bert::KvHook hook = [&](Index l, const Eigen::MatrixXf& q, const Eigen::MatrixXf& k, const Eigen::MatrixXf& v) {
+      gq[static_cast<std::size_t>(l)].add(q);
       gk[static_cast<std::size_t>(l)].add(k);
       gv[static_cast<std::size_t>(l)].add(v);
     };
     for (const auto& ids : calib_ids) enc.embed_ids(ids, hook);
     const double calib_seconds = seconds_since(t0);
     std::vector<std::pair<std::string, const HeadGram<double>*>> named;
+    std::vector<std::pair<std::string, const HeadMoments<double>*>> queries;
     for (Index l = 0; l < layers; ++l) {
       named.emplace_back("layers." + std::to_string(l) + ".key", &gk[static_cast<std::size_t>(l)]);
       named.emplace_back("layers." + std::to_string(l) + ".value", &gv[static_cast<std::size_t>(l)]);
+      queries.emplace_back("layers." + std::to_string(l) + ".query", &gq[static_cast<std::size_t>(l)]);
     }
-    save_grams((fs::path(out_dir) / "grams.safetensors").string(), named);
+    save_grams((fs::path(out_dir) / "grams.safetensors").string(), named, queries);
 
     const Embeddings ref = embed_all(enc, eval_ids);
     std::vector<AttentionWeights<double>> original;
@@ -284,13 +290,19 @@ int main(int argc, char** argv) {
       Alignment align;
       GroupingOptions::Method search;
       bool data_free;
+      MergeWeighting merge = MergeWeighting::Mean;
     };
+    const auto local = GroupingOptions::Method::LocalSearch;
     const Method methods[] = {
-        {"mean-pool", GroupBy::None, Alignment::None, GroupingOptions::Method::LocalSearch, false},
-        {"aligned", GroupBy::Value, Alignment::Orthogonal, GroupingOptions::Method::LocalSearch, false},
+        {"mean-pool", GroupBy::None, Alignment::None, local, false},
+        {"aligned", GroupBy::Value, Alignment::Orthogonal, local, false},
         {"aligned-hillclimb", GroupBy::Value, Alignment::Orthogonal, GroupingOptions::Method::HillClimb, false},
-        {"joint", GroupBy::Joint, Alignment::Orthogonal, GroupingOptions::Method::LocalSearch, false},
-        {"data-free", GroupBy::Value, Alignment::Orthogonal, GroupingOptions::Method::LocalSearch, true},
+        {"joint", GroupBy::Joint, Alignment::Orthogonal, local, false},
+        {"data-free", GroupBy::Value, Alignment::Orthogonal, local, true},
+        {"aligned+output", GroupBy::Value, Alignment::Orthogonal, local, false, MergeWeighting::OutputAware},
+        {"aligned+query", GroupBy::Value, Alignment::Orthogonal, local, false, MergeWeighting::QueryAware},
+        {"aligned+full", GroupBy::Value, Alignment::Orthogonal, local, false, MergeWeighting::Full},
+        {"joint+full", GroupBy::Joint, Alignment::Orthogonal, local, false, MergeWeighting::Full},
     };
     nlohmann::json results = nlohmann::json::array();
     const Quality mha = quality(ref, ref);
@@ -333,7 +345,9 @@ int main(int argc, char** argv) {
                 job.m->data_free ? plan_layer(free_k[ul], free_v[ul], o) : plan_layer(gk[ul], gv[ul], o);
             job.key_err += static_cast<double>(plan.key_error.relative()) / static_cast<double>(layers);
             job.score += plan.grouping.score;
-            work.set_attention(l, convert_layer(original[ul], plan).cast<float>());
+            MergeOptions merge;
+            merge.weighting = job.m->merge;
+            work.set_attention(l, convert_layer(original[ul], plan, merge, &gq[ul]).cast<float>());
           }
           job.q = quality(ref, embed_all(work, eval_ids));
           job.secs = seconds_since(t);

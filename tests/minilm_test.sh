@@ -20,11 +20,16 @@ print("kv 4: aligned cosine %.4f vs mean-pool %.4f" % (aligned["embedding_cosine
 assert r["mha"]["embedding_cosine_mean"] > 0.9999
 assert aligned["embedding_cosine_mean"] > plain["embedding_cosine_mean"] + 0.05, "aligned does not beat mean-pool"
 assert aligned["embedding_cosine_min"] > plain["embedding_cosine_min"]
+full = by[(4, "aligned+full")]
+print("kv 4: aligned+full cosine %.4f / min %.4f vs aligned %.4f / %.4f" % (
+    full["embedding_cosine_mean"], full["embedding_cosine_min"], aligned["embedding_cosine_mean"], aligned["embedding_cosine_min"]))
+assert full["embedding_cosine_mean"] > aligned["embedding_cosine_mean"], "query- and output-aware merging does not help"
 PY
 test -s "$work/demo/layer0_value_similarity.png"
 
 "$convert" --model "$model" --calibration "$work/demo/grams.safetensors" --kv-heads 4 --output "$work/gqa4" --quiet
 grep -q '"num_key_value_heads": 4' "$work/gqa4/config.json"
+grep -q '"merge_used": "full"' "$work/gqa4/report.json"
 "$demo" --model "$model" --evaluate "$work/gqa4" --eval-sentences 40 | tee "$work/evaluate.txt"
 grep -q "(4 KV heads)" "$work/evaluate.txt"
 echo "minilm: OK"

@@ -155,20 +155,21 @@ void write_model(const fs::path& dir, const Tiny& t, std::mt19937_64& rng, const
   if (t.sharded) write_json(dir / "model.safetensors.index.json", {{"metadata", {{"total_size", 0}}}, {"weight_map", weight_map}});
 }
 
-// Calibration activations of every layer from tokens x: keys and values with biases, pre-RoPE.
+// Calibration activations of every layer from tokens x: keys, values and (unless `queries` is
+// false) queries, with biases, pre-RoPE.
 void write_calibration(const fs::path& path, const fs::path& model, const Tiny& t, Index tokens, std::mt19937_64& rng,
-                       Dtype dtype = Dtype::F32) {
+                       Dtype dtype = Dtype::F32, bool queries = true) {
   io::ModelCheckpoint ck(model.string());
   io::SafetensorsWriter w;
   for (Index l = 0; l < t.layers; ++l) {
     const auto a = ck.read_attention<double>(l);
     const Matrix<double> x = gaussian<double>(tokens, t.hidden, rng);
-    Matrix<double> k = x * a.k.transpose(), v = x * a.v.transpose();
-    if (a.k_bias.size()) k.rowwise() += a.k_bias.transpose();
-    if (a.v_bias.size()) v.rowwise() += a.v_bias.transpose();
-    const Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> kr = k, vr = v;
-    w.add_as("layers." + std::to_string(l) + ".key", dtype, {tokens, k.cols()}, kr.data());
-    w.add_as("layers." + std::to_string(l) + ".value", dtype, {tokens, v.cols()}, vr.data());
+    using RowMajor = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+    const RowMajor k = test::projections<double>(x, a.k, a.k_bias), v = test::projections<double>(x, a.v, a.v_bias),
+                   q = test::projections<double>(x, a.q, a.q_bias);
+    w.add_as("layers." + std::to_string(l) + ".key", dtype, {tokens, k.cols()}, k.data());
+    w.add_as("layers." + std::to_string(l) + ".value", dtype, {tokens, v.cols()}, v.data());
+    if (queries) w.add_as("layers." + std::to_string(l) + ".query", dtype, {tokens, q.cols()}, q.data());
   }
   w.write(path.string());
 }
@@ -310,6 +311,73 @@ TEST_CASE("headalign-convert: Gram sets, data-free mode, BF16 checkpoints, summa
               fresh("bf16_bad").string());
   CHECK(r.status != 0);
   CHECK(r.err.find("row normalisation") != std::string::npos);
+}
+
+TEST_CASE("headalign-convert: --merge weightings, query statistics in activations and Gram sets", "[cli]") {
+  Tiny t;  // LLaMA-shaped: RoPE, so query metrics are averaged over relative positions
+  std::mt19937_64 rng(91);
+  const fs::path model = fresh("merge_model"), calib = base_dir() / "merge_calib.st", bare = base_dir() / "merge_bare.st",
+                 grams = base_dir() / "merge_grams.st";
+  fs::remove(grams);
+  write_model(model, t, rng, config_json(t));
+  write_calibration(calib, model, t, 300, rng);
+  write_calibration(bare, model, t, 300, rng, Dtype::F32, /*queries=*/false);
+  const std::string m = "--model " + model.string() + " --kv-heads 2 --quiet";
+  auto report = [](const fs::path& dir) { return nlohmann::json::parse(std::ifstream(dir / "report.json")); };
+
+  for (const std::string merge : {"mean", "output", "query", "full"}) {
+    CAPTURE(merge);
+    const fs::path out = fresh("merge_" + merge);
+    REQUIRE(convert(m + " --calibration " + calib.string() + " --merge " + merge + " --output " + out.string()).status == 0);
+    const auto rep = report(out);
+    CHECK(rep["settings"]["merge_used"] == merge);
+    CHECK(rep["calibration"]["query_statistics"] == true);
+    for (const auto& layer : rep["layers"]) {
+      const double logit = layer["merge"]["logit_error"]["total"], logit_mean = layer["merge"]["logit_error_mean"]["total"];
+      const double output = layer["merge"]["output_error"]["total"], output_mean = layer["merge"]["output_error_mean"]["total"];
+      if (merge == "query" || merge == "full") CHECK(logit < logit_mean);
+      else CHECK(logit == Approx(logit_mean).epsilon(1e-12));
+      if (merge == "output" || merge == "full") CHECK(output < output_mean);
+      else CHECK(output == Approx(output_mean).epsilon(1e-12));
+    }
+  }
+  // The default is full; without query statistics it falls back to output-aware, and the summary says so.
+  const fs::path fallback = fresh("merge_fallback");
+  Run r = convert("--model " + model.string() + " --kv-heads 2 --calibration " + bare.string() + " --output " + fallback.string());
+  REQUIRE(r.status == 0);
+  CHECK(report(fallback)["settings"]["merge"] == "full");
+  CHECK(report(fallback)["settings"]["merge_used"] == "output");
+  CHECK(r.out.find("merge output") != std::string::npos);
+  CHECK(report(fallback)["layers"][0]["merge"].count("logit_error") == 0);
+  // Query moments travel in a Gram set: the same bytes from activations and from the set.
+  const fs::path a = fresh("merge_a"), b = fresh("merge_b");
+  REQUIRE(convert(m + " --calibration " + calib.string() + " --output " + a.string() + " --save-grams " + grams.string()).status == 0);
+  REQUIRE(convert(m + " --calibration " + grams.string() + " --output " + b.string()).status == 0);
+  CHECK(report(b)["settings"]["merge_used"] == "full");
+  io::ModelCheckpoint ca(a.string()), cb(b.string());
+  for (const auto& name : ca.reader(ca.shards()[0]).names()) CHECK(ca.reader_for(name).read_raw(name) == cb.reader_for(name).read_raw(name));
+  // Data-free: query moments from the weights.
+  const fs::path free = fresh("merge_free");
+  REQUIRE(convert(m + " --calibration none --output " + free.string()).status == 0);
+  CHECK(report(free)["settings"]["merge_used"] == "full");
+
+  // --merge query without query statistics, and query statistics for only some layers: errors.
+  const fs::path none = fresh("merge_none");
+  r = convert(m + " --calibration " + bare.string() + " --merge query --output " + none.string());
+  CHECK(r.status != 0);
+  CHECK(r.err.find("--merge query needs query statistics") != std::string::npos);
+  CHECK_FALSE(fs::exists(none));
+  {
+    io::SafetensorsReader full(calib.string());
+    io::SafetensorsWriter w;
+    for (const auto& name : full.names_in_file_order())
+      if (name != "layers.1.query") w.add_raw(name, full.info(name).dtype, full.info(name).shape, full.read_raw(name));
+    w.write((base_dir() / "merge_partial.st").string());
+  }
+  r = convert(m + " --calibration " + (base_dir() / "merge_partial.st").string() + " --output " + none.string());
+  CHECK(r.status != 0);
+  CHECK(r.err.find("query statistics for 1 of 2 layers") != std::string::npos);
+  CHECK_FALSE(fs::exists(none));
 }
 
 TEST_CASE("headalign-convert: bad input gives one clear line, a non-zero exit and no output", "[cli][errors]") {

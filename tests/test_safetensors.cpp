@@ -198,4 +198,14 @@ TEST_CASE("Gram sets hold several named Grams", "[io][gram]") {
   CHECK_FALSE(is_gram_set(temp_file("single.safetensors")));
   CHECK_THROWS_WITH(load_gram<double>(temp_file("single.safetensors"), "gram"), Catch::Contains("HeadGramSet"));
   CHECK_THROWS_WITH(HeadGram<double>::load(path), Catch::Contains("headalign.HeadGram file"));
+
+  // With query moments beside the Grams.
+  HeadMoments<double> q(2, 3);
+  q.add(test::gaussian<double>(25, 6, rng));
+  save_grams<double>(path, {{"layers.0.key", &a}}, {{"layers.0.query", &q}});
+  const auto q2 = load_moments<double>(path, "layers.0.query");
+  CHECK(q2.tokens() == 25);
+  CHECK(q2.block(1) == q.block(1));
+  CHECK(load_gram<double>(path, "layers.0.key").gram() == a.gram());
+  CHECK_THROWS_AS(load_moments<double>(path, "layers.0.key"), io_error);  // a Gram, not moments
 }

@@ -465,15 +465,20 @@ class HeadMoments {
   std::vector<HeadGram<S>> heads_;  // one single-head Gram per head
 };
 
-/// @brief Saves several named Grams (e.g. "layers.0.key", "layers.0.value", …) in one
-/// safetensors file (format = "headalign.HeadGramSet"), atomically: calibrate once, convert
-/// many times.
+/// @brief Saves several named Grams (e.g. "layers.0.key", "layers.0.value", …) and, optionally,
+/// named query moments ("layers.0.query", HeadMoments) in one safetensors file
+/// (format = "headalign.HeadGramSet"), atomically: calibrate once, convert many times.
 /// @throws io_error when the file cannot be written
 template <class S>
-void save_grams(const std::string& path, const std::vector<std::pair<std::string, const HeadGram<S>*>>& grams) {
+void save_grams(const std::string& path, const std::vector<std::pair<std::string, const HeadGram<S>*>>& grams,
+                const std::vector<std::pair<std::string, const HeadMoments<S>*>>& moments = {}) {
   io::SafetensorsWriter w;
   for (const auto& kv : grams) {
     HEADALIGN_CHECK(!kv.first.empty() && kv.second != nullptr, "save_grams: every Gram needs a name");
+    kv.second->write_to(w, kv.first);
+  }
+  for (const auto& kv : moments) {
+    HEADALIGN_CHECK(!kv.first.empty() && kv.second != nullptr, "save_grams: every set of moments needs a name");
     kv.second->write_to(w, kv.first);
   }
   w.set_metadata("format", "headalign.HeadGramSet");
@@ -495,6 +500,15 @@ HeadGram<S> load_gram(const std::string& path, const std::string& name) {
   io::SafetensorsReader r(path);
   HeadGram<S>::check_format(r, "headalign.HeadGramSet");
   return HeadGram<S>::read_from(r, name);
+}
+
+/// @brief Loads the query moments @p name from a file written by save_grams().
+/// @throws io_error when the file is not a Gram set or lacks @p name
+template <class S>
+HeadMoments<S> load_moments(const std::string& path, const std::string& name) {
+  io::SafetensorsReader r(path);
+  HeadGram<S>::check_format(r, "headalign.HeadGramSet");
+  return HeadMoments<S>::read_from(r, name);
 }
 
 }  // namespace headalign
