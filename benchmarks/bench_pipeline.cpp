@@ -120,11 +120,14 @@ void convert_layer_bench(benchmark::State& state, bool structured, bool plain, G
 }
 
 // Folding a plan into the weights and merging (apply_alignment + merge_to_gqa), hidden = H·d,
-// with the rotations of an aligned plan (plain = 0) or the identities of mean-pool (plain = 1).
+// with the rotations of an aligned plan (mode 0) or the identities of mean-pool (mode 1); mode 2
+// is mode 0 with query- and output-aware merging (MergeWeighting::Full, query moments from W_q).
 template <class S>
 void BM_FoldWeights(benchmark::State& state) {
   const Index h = state.range(0), d = state.range(1);
-  const bool plain = state.range(2) != 0;
+  const bool plain = state.range(2) == 1;
+  MergeOptions merge;
+  if (state.range(2) == 2) merge.weighting = MergeWeighting::Full;
   std::mt19937_64 rng(9);
   AttentionWeights<S> w;
   w.num_heads = w.num_kv_heads = h;
@@ -140,7 +143,8 @@ void BM_FoldWeights(benchmark::State& state) {
     plan.key_rotations.push_back(plain ? Matrix<S>(Matrix<S>::Identity(d, d)) : Matrix<S>(procrustes(gaussian(d, d, rng), Alignment::Rope).rotation.cast<S>()));
     plan.value_rotations.push_back(plain ? Matrix<S>(Matrix<S>::Identity(d, d)) : Matrix<S>(orthogonal(d, rng).cast<S>()));
   }
-  for (auto _ : state) benchmark::DoNotOptimize(convert_layer(w, plan).k.data());
+  const HeadMoments<S> queries = HeadMoments<S>::from_weights(w.q, h, d);
+  for (auto _ : state) benchmark::DoNotOptimize(convert_layer(w, plan, merge, &queries).k.data());
 }
 
 // Defaults (sequential GPA), and the reference's GPA update for comparison.
@@ -163,8 +167,8 @@ BENCHMARK_TEMPLATE(BM_GpaGroup, GpaUpdate::Sequential)->Args({4, 128})->Args({8,
 BENCHMARK_TEMPLATE(BM_GpaGroupStructureless, GpaUpdate::Reference)->Args({4, 128})->Unit(benchmark::kMillisecond);
 BENCHMARK_TEMPLATE(BM_GpaGroupStructureless, GpaUpdate::Sequential)->Args({4, 128})->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_ConvertLayerMeanPool)->Args({16, 128})->Args({32, 128})->Unit(benchmark::kMillisecond);
-BENCHMARK_TEMPLATE(BM_FoldWeights, float)->Args({32, 128, 0})->Args({32, 128, 1})->Unit(benchmark::kMillisecond)->Iterations(1);
-BENCHMARK_TEMPLATE(BM_FoldWeights, double)->Args({32, 128, 0})->Args({32, 128, 1})->Unit(benchmark::kMillisecond)->Iterations(1);
+BENCHMARK_TEMPLATE(BM_FoldWeights, float)->Args({32, 128, 0})->Args({32, 128, 1})->Args({32, 128, 2})->Unit(benchmark::kMillisecond)->Iterations(1);
+BENCHMARK_TEMPLATE(BM_FoldWeights, double)->Args({32, 128, 0})->Args({32, 128, 1})->Args({32, 128, 2})->Unit(benchmark::kMillisecond)->Iterations(1);
 BENCHMARK(BM_ConvertLayer)->Args({16, 128})->Args({32, 128})->Unit(benchmark::kMillisecond)->Iterations(1);
 BENCHMARK(BM_ConvertLayerReferenceGpa)->Args({16, 128})->Args({32, 128})->Unit(benchmark::kMillisecond)->Iterations(1);
 BENCHMARK(BM_ConvertLayerStructureless)->Args({32, 128})->Unit(benchmark::kMillisecond)->Iterations(1);

@@ -390,7 +390,7 @@ class HeadMoments {
     return heads_[static_cast<std::size_t>(h)].block(0, 0);
   }
 
-  /// @brief Data-free moments from the query projection alone: $ \Sigma_h = W_h W_h^	op $
+  /// @brief Data-free moments from the query projection alone: \f$ \Sigma_h = W_h W_h^\top \f$
   /// (whitened inputs, one "average token"; see HeadGram::from_weights()).
   /// @param weights [H·d, hidden], head h owning rows [h·d, (h+1)·d)
   template <class Derived>

@@ -229,6 +229,33 @@ void convert_to(Dtype dtype, const T* src, std::size_t count, unsigned char* dst
   }
 }
 
+/// Writes a file atomically: @p body writes it to `<path>.tmp.<pid>`, which is flushed to disk
+/// and renamed over @p path; on any failure the temporary file is removed and io_error thrown.
+template <class Body>
+void write_atomically(const std::string& path, Body&& body) {
+  const std::string tmp = path + ".tmp." + std::to_string(::getpid());
+  std::FILE* f = std::fopen(tmp.c_str(), "wb");
+  if (!f) ::headalign::detail::throw_io_error("cannot create '" + tmp + "'");
+  bool ok = false;
+  try {
+    ok = body(f);
+  } catch (...) {
+    std::fclose(f);
+    std::remove(tmp.c_str());
+    throw;
+  }
+  ok = ok && std::fflush(f) == 0 && ::fsync(::fileno(f)) == 0;
+  ok = (std::fclose(f) == 0) && ok;
+  if (!ok) {
+    std::remove(tmp.c_str());
+    ::headalign::detail::throw_io_error("cannot write '" + tmp + "' (disk full?)");
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+    std::remove(tmp.c_str());
+    ::headalign::detail::throw_io_error("cannot rename '" + tmp + "' to '" + path + "'");
+  }
+}
+
 inline bool little_endian() {
   const std::uint16_t one = 1;
   unsigned char c;
@@ -534,27 +561,15 @@ class SafetensorsWriter {
     }
     std::string text = header.dump();
     text.append((8 - text.size() % 8) % 8, ' ');  // align the data buffer to 8 bytes
-    const std::string tmp = path + ".tmp." + std::to_string(::getpid());
-    {
-      std::FILE* f = std::fopen(tmp.c_str(), "wb");
-      if (!f) ::headalign::detail::throw_io_error("cannot create '" + tmp + "'");
+    detail::write_atomically(path, [&](std::FILE* f) {
       unsigned char len[8];
       std::uint64_t n = text.size();
       for (int i = 0; i < 8; ++i, n >>= 8) len[i] = static_cast<unsigned char>(n & 0xff);
       bool ok = std::fwrite(len, 1, 8, f) == 8 && std::fwrite(text.data(), 1, text.size(), f) == text.size();
       for (const auto& kv : entries_)
         ok = ok && std::fwrite(kv.second.bytes.data(), 1, kv.second.bytes.size(), f) == kv.second.bytes.size();
-      ok = ok && std::fflush(f) == 0 && ::fsync(::fileno(f)) == 0;
-      ok = (std::fclose(f) == 0) && ok;
-      if (!ok) {
-        std::remove(tmp.c_str());
-        ::headalign::detail::throw_io_error("cannot write '" + tmp + "' (disk full?)");
-      }
-    }
-    if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-      std::remove(tmp.c_str());
-      ::headalign::detail::throw_io_error("cannot rename '" + tmp + "' to '" + path + "'");
-    }
+      return ok;
+    });
   }
 
  private:
