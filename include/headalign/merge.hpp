@@ -343,10 +343,9 @@ std::vector<Matrix<S>> output_metrics(const AttentionWeights<S>& w) {
   w.validate();
   const Index d = w.head_dim, per = w.group_size();
   std::vector<Matrix<S>> a(static_cast<std::size_t>(w.num_kv_heads), Matrix<S>::Zero(d, d));
-  for (Index p = 0; p < w.num_heads; ++p) {
-    const auto o = w.o.middleCols(p * d, d);
-    a[static_cast<std::size_t>(p / per)].noalias() += o.transpose() * o;
-  }
+  for (Index p = 0; p < w.num_heads; ++p)  // symmetric: half the products
+    a[static_cast<std::size_t>(p / per)].template selfadjointView<Eigen::Lower>().rankUpdate(w.o.middleCols(p * d, d).transpose());
+  for (auto& m : a) m.template triangularView<Eigen::StrictlyUpper>() = m.transpose();
   return a;
 }
 
@@ -438,29 +437,51 @@ std::vector<Matrix<S>> mixing_from_metrics(const std::vector<Matrix<S>>& metrics
 /// @throws invalid_argument for a wrong number or shape of mixing matrices, or NaN/Inf in them
 template <class S>
 AttentionWeights<S> merge_to_gqa(const AttentionWeights<S>& w, Index num_groups, const MergeMixing<S>& mixing) {
-  AttentionWeights<S> out = merge_to_gqa(w, num_groups);  // validates; mean for whatever has no mixing
+  w.validate();
+  HEADALIGN_CHECK(num_groups > 0 && w.num_kv_heads % num_groups == 0,
+                  "merge_to_gqa: num_kv_heads (" << w.num_kv_heads << ") is not divisible by num_groups (" << num_groups << ")");
   const Index d = w.head_dim, k = w.num_kv_heads / num_groups;
-  auto apply = [&](const std::vector<Matrix<S>>& mix, const typename AttentionWeights<S>::Rows& src,
-                   const typename AttentionWeights<S>::Vec& bias, typename AttentionWeights<S>::Rows& rows,
-                   typename AttentionWeights<S>::Vec& merged_bias, const char* what) {
-    if (mix.empty()) return;
+  using Rows = typename AttentionWeights<S>::Rows;
+  using Vec = typename AttentionWeights<S>::Vec;
+  // [M_u for u in group g] side by side: d × (k·d), so that K_g = [M_1 … M_k] · [K_1; …; K_k] is one product.
+  auto stacked = [&](const std::vector<Matrix<S>>& mix, const char* what) {
     HEADALIGN_CHECK(static_cast<Index>(mix.size()) == w.num_kv_heads,
                     "merge_to_gqa: " << mix.size() << " " << what << " mixing matrices for " << w.num_kv_heads << " KV heads");
-    for (const auto& m : mix) {
+    std::vector<Matrix<S>> out(static_cast<std::size_t>(num_groups), Matrix<S>(d, k * d));
+    for (Index u = 0; u < w.num_kv_heads; ++u) {
+      const Matrix<S>& m = mix[static_cast<std::size_t>(u)];
       HEADALIGN_CHECK(m.rows() == d && m.cols() == d,
                       "merge_to_gqa: a " << what << " mixing matrix is " << m.rows() << " × " << m.cols() << ", expected " << d << " × " << d);
       detail::check_finite(m, "merge_to_gqa: mixing matrix");
+      out[static_cast<std::size_t>(u / k)].middleCols((u % k) * d, d) = m;
     }
-    rows.setZero();
-    if (merged_bias.size()) merged_bias.setZero();
-    for (Index u = 0; u < w.num_kv_heads; ++u) {
-      const Matrix<S>& m = mix[static_cast<std::size_t>(u)];
-      rows.middleRows((u / k) * d, d).noalias() += m * src.middleRows(u * d, d);
-      if (bias.size()) merged_bias.segment((u / k) * d, d).noalias() += m * bias.segment(u * d, d);
+    return out;
+  };
+  auto apply = [&](const std::vector<Matrix<S>>& blocks, const Rows& src, const Vec& bias, Rows& rows, Vec& merged_bias) {
+    rows.resize(num_groups * d, src.cols());
+    if (bias.size()) merged_bias.resize(num_groups * d);
+    for (Index g = 0; g < num_groups; ++g) {
+      rows.middleRows(g * d, d).noalias() = blocks[static_cast<std::size_t>(g)] * src.middleRows(g * k * d, k * d);
+      if (bias.size()) merged_bias.segment(g * d, d).noalias() = blocks[static_cast<std::size_t>(g)] * bias.segment(g * k * d, k * d);
     }
   };
-  apply(mixing.key, w.k, w.k_bias, out.k, out.k_bias, "key");
-  apply(mixing.value, w.v, w.v_bias, out.v, out.v_bias, "value");
+  // Validate both mixings before any work; the mean for whatever has none.
+  const auto key_blocks = mixing.key.empty() ? std::vector<Matrix<S>>() : stacked(mixing.key, "key");
+  const auto value_blocks = mixing.value.empty() ? std::vector<Matrix<S>>() : stacked(mixing.value, "value");
+  AttentionWeights<S> out;
+  if (mixing.key.empty() || mixing.value.empty()) {
+    out = merge_to_gqa(w, num_groups);
+  } else {
+    out.num_heads = w.num_heads;
+    out.num_kv_heads = num_groups;
+    out.head_dim = d;
+    out.q = w.q;
+    out.o = w.o;
+    out.q_bias = w.q_bias;
+    out.o_bias = w.o_bias;
+  }
+  if (!key_blocks.empty()) apply(key_blocks, w.k, w.k_bias, out.k, out.k_bias);
+  if (!value_blocks.empty()) apply(value_blocks, w.v, w.v_bias, out.v, out.v_bias);
   return out;
 }
 
