@@ -217,6 +217,11 @@ LayerResult convert_one(const Options& o, io::ModelCheckpoint& ckpt, io::Safeten
     merge_report["logit_error"] = error_json(assessed.key_logit);
     merge_report["logit_error_mean"] = error_json(assessed.key_logit_mean);
   }
+  // Never write a layer with NaN/Inf (the inputs were checked; this guards the arithmetic).
+  for (const auto* m : {&res.converted.q, &res.converted.k, &res.converted.v, &res.converted.o})
+    if (!detail::all_finite(*m)) fail("layer " + std::to_string(layer) + ": the converted weights are not finite; nothing was written");
+  for (const auto* b : {&res.converted.q_bias, &res.converted.k_bias, &res.converted.v_bias, &res.converted.o_bias})
+    if (!detail::all_finite(*b)) fail("layer " + std::to_string(layer) + ": the converted biases are not finite; nothing was written");
   res.key_rel = plan.key_error.relative();
   res.value_rel = plan.value_error.relative();
   res.key_base = key_base.relative();

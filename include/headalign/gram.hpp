@@ -15,6 +15,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <string>
 #include <type_traits>
 #include <utility>
@@ -107,6 +108,7 @@ class HeadGram {
     HEADALIGN_CHECK(tokens.cols() == dim(), "token rows have " << tokens.cols() << " columns, expected num_heads · head_dim = "
                                                                << h_ << " · " << d_ << " = " << dim());
     detail::check_finite(tokens, "token activations");
+    if (tokens.size() > 0) reserve(tokens.rows(), static_cast<double>(tokens.cwiseAbs().maxCoeff()));
     const Index n = tokens.rows();
     constexpr bool direct = std::is_same<T, S>::value && (int(Derived::Flags) & Eigen::DirectAccessBit) != 0;
     if constexpr (direct) {
@@ -143,8 +145,12 @@ class HeadGram {
     HEADALIGN_CHECK(other.h_ == h_ && other.d_ == d_,
                     "cannot merge a HeadGram of " << other.h_ << " × " << other.d_ << " into one of " << h_ << " × " << d_);
     HEADALIGN_CHECK(other.normalize_ == normalize_, "cannot merge HeadGrams with different normalize_rows");
+    HEADALIGN_CHECK(bound_ + other.bound_ <= limit(), "merging these HeadGrams could overflow the "
+                                                          << (sizeof(S) == 4 ? "float" : "double")
+                                                          << " accumulator; accumulate in double");
     g_.template triangularView<Eigen::Lower>() += other.g_;
     tokens_ += other.tokens_;
+    bound_ += other.bound_;
   }
 
   Index num_heads() const { return h_; }
@@ -181,9 +187,13 @@ class HeadGram {
     HeadGram g(num_heads, head_dim, normalize_rows);
     HEADALIGN_CHECK(tokens >= 0, "tokens (" << tokens << ") must be non-negative");
     const Index total = num_heads * tokens * head_dim;
-    for (Index i = 0; i < total; ++i)
+    double largest = 0;
+    for (Index i = 0; i < total; ++i) {
       HEADALIGN_CHECK(std::isfinite(static_cast<double>(data[i])),
                       "activations contain NaN or Inf (element " << i << ")");
+      largest = std::max(largest, std::abs(static_cast<double>(data[i])));
+    }
+    if (total > 0) g.reserve(tokens, largest);
     g.accumulate(tokens, [&](Index t0, Index k, Matrix<S>& buf) {
       for (Index h = 0; h < num_heads; ++h)
         for (Index t = 0; t < k; ++t)
@@ -210,7 +220,10 @@ class HeadGram {
     detail::check_finite(weights, "projection weights");
     const Matrix<S> w = weights.template cast<S>();
     g.g_.template selfadjointView<Eigen::Lower>().rankUpdate(w);
+    HEADALIGN_CHECK(detail::all_finite(g.g_), "projection weights too large for a " << (sizeof(S) == 4 ? "float" : "double")
+                                                                               << " Gram (W Wᵀ overflows); use double");
     g.tokens_ = 1;
+    g.bound_ = static_cast<double>(g.g_.diagonal().maxCoeff());
     return g;
   }
 
@@ -282,6 +295,7 @@ class HeadGram {
     if ((g.g_.diagonal().array() < S(0)).any())
       detail::throw_io_error("HeadGram file '" + path + "': '" + tensor + "' has a negative diagonal");
     g.tokens_ = n;
+    g.bound_ = g.dim() ? static_cast<double>(g.g_.diagonal().maxCoeff()) : 0.0;
     return g;
   }
 
@@ -297,6 +311,23 @@ class HeadGram {
   }
 
  private:
+  // The largest value an accumulator entry may reach: |G_ij| ≤ max_i G_ii (Cauchy–Schwarz), and
+  // bound_ ≥ max_i G_ii is kept, so an add that could push it past this is refused up front.
+  static double limit() { return static_cast<double>(std::numeric_limits<S>::max()) / 4; }
+
+  // Accounts for n more token rows with entries up to @p largest in magnitude (unit vectors with
+  // row normalisation); throws, adding nothing, when the Gram could overflow.
+  void reserve(Index n, double largest) {
+    const double per_row = normalize_ ? 1.0 : largest * largest;
+    const double next = bound_ + static_cast<double>(n) * per_row;
+    HEADALIGN_CHECK(std::isfinite(next) && next <= limit(),
+                    "token activations up to |x| = " << largest << " could overflow the "
+                                                     << (sizeof(S) == 4 ? "float" : "double")
+                                                     << " Gram accumulator (sums of squares up to " << next
+                                                     << "); accumulate in double (HeadGram<double>) or rescale");
+    bound_ = next;
+  }
+
   // Streams n tokens through a D × chunk buffer: fill(t0, k, buf) writes tokens t0..t0+k−1 as
   // buf's first k columns; rows are normalised per head if asked, then G += buf bufᵀ.
   template <class Fill>
@@ -324,6 +355,7 @@ class HeadGram {
   bool normalize_;
   Index chunk_;
   Index tokens_ = 0;
+  double bound_ = 0;  // an upper bound of max_i G_ii (see reserve())
   Matrix<S> g_;  // lower triangle of G = Σ x xᵀ
 };
 
@@ -456,6 +488,7 @@ class HeadMoments {
       g = HeadGram<S>(1, d);
       g.g_ = b;
       g.tokens_ = n;
+      g.bound_ = static_cast<double>(b.diagonal().maxCoeff());
     }
     return m;
   }
