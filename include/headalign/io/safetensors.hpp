@@ -352,6 +352,7 @@ class SafetensorsReader {
     if (map_) {
       check_size(name);
       detail::convert(t.dtype, map_ + data_start_ + t.begin + first * es, static_cast<std::size_t>(count), out);
+      release(data_start_ + t.begin + first * es, count * es);
       return;
     }
     constexpr std::uint64_t kChunk = 1u << 16;
@@ -374,6 +375,7 @@ class SafetensorsReader {
     if (map_) {
       check_size(name);
       if (!out.empty()) std::memcpy(out.data(), map_ + data_start_ + t.begin, out.size());
+      release(data_start_ + t.begin, out.size());
       return out;
     }
     in_.clear();
@@ -484,6 +486,15 @@ class SafetensorsReader {
     map_ = nullptr;
     if (fd_ >= 0) ::close(fd_);
     fd_ = -1;
+  }
+
+  // Drops the whole pages of a consumed byte range from this process's resident set (they stay in
+  // the page cache and fault back in if read again): streaming a calibration file through the
+  // mapping keeps memory flat in its size.
+  void release(std::uint64_t begin, std::uint64_t bytes) const {
+    const auto page = static_cast<std::uint64_t>(::sysconf(_SC_PAGESIZE));
+    const std::uint64_t lo = (begin + page - 1) / page * page, hi = (begin + bytes) / page * page;
+    if (page > 0 && hi > lo) ::madvise(const_cast<unsigned char*>(map_) + lo, static_cast<std::size_t>(hi - lo), MADV_DONTNEED);
   }
 
   // The mapped file must still be as long as when it was validated.
