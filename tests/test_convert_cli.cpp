@@ -426,6 +426,17 @@ TEST_CASE("headalign-convert: bad input gives one clear line, a non-zero exit an
     }
     w3.write((base_dir() / "narrow.st").string());
     expect_error(m + " --calibration " + (base_dir() / "narrow.st").string() + " --kv-heads 2", "expected [tokens > 0, 32]");
+    io::SafetensorsWriter w4;
+    const std::vector<std::int64_t> ints(50 * 32, 1);
+    const std::vector<float> values(50 * 32, 0.5f);
+    for (int l = 0; l < 2; ++l) {
+      w4.add_raw("layers." + std::to_string(l) + ".key", Dtype::I64, {50, 32},
+                 std::vector<unsigned char>(reinterpret_cast<const unsigned char*>(ints.data()),
+                                            reinterpret_cast<const unsigned char*>(ints.data() + ints.size())));
+      w4.add("layers." + std::to_string(l) + ".value", {50, 32}, values.data());
+    }
+    w4.write((base_dir() / "ints.st").string());
+    expect_error(m + " --calibration " + (base_dir() / "ints.st").string() + " --kv-heads 2", "has dtype I64, not F32/F16/BF16/F64");
   }
   // Model problems.
   {
@@ -463,4 +474,58 @@ TEST_CASE("headalign-convert: bad input gives one clear line, a non-zero exit an
   // Unknown flags and values are refused by the parser.
   CHECK(convert(m + c + " --kv-heads 2 --group-by heads --output " + fresh("x").string()).status != 0);
   CHECK(convert(m + c + " --output " + fresh("y").string()).status != 0);  // --kv-heads missing
+}
+
+TEST_CASE("headalign-convert: a full disk, an unwritable output and a killed run leave no output", "[cli][errors]") {
+  Tiny t;
+  t.layers = 3;
+  t.hidden = 64;
+  std::mt19937_64 rng(95);
+  const fs::path model = fresh("io_model"), calib = base_dir() / "io_calib.st";
+  write_model(model, t, rng, config_json(t));
+  write_calibration(calib, model, t, 200, rng);
+  const std::string args = "--model " + model.string() + " --calibration " + calib.string() + " --kv-heads 2 --quiet";
+  auto leftovers = [&](const fs::path& out) {
+    int n = 0;
+    for (const auto& e : fs::directory_iterator(out.parent_path()))
+      if (e.path().filename() == out.filename() || e.path().filename().string().rfind(out.filename().string() + ".tmp.", 0) == 0) ++n;
+    return n;
+  };
+
+  // Disk full: a file-size limit of 8 KB (SIGXFSZ ignored, so writes fail with EFBIG as on a full disk).
+  const fs::path full = fresh("io_full");
+  const std::string cmd = "bash -c \"ulimit -f 8; trap '' XFSZ; exec " + std::string(HEADALIGN_CONVERT_EXE) + " " + args +
+                          " --output " + full.string() + "\" 2> " + (base_dir() / "io_full.err").string();
+  const int raw = std::system(cmd.c_str());
+  CHECK((WIFEXITED(raw) && WEXITSTATUS(raw) == 1));
+  std::ifstream err(base_dir() / "io_full.err");
+  const std::string message((std::istreambuf_iterator<char>(err)), {});
+  CHECK(message.find("cannot write") != std::string::npos);
+  CHECK(leftovers(full) == 0);  // neither the output nor its temporary directory
+
+  // An output that cannot be created.
+  Run r = convert(args + " --output /proc/headalign_cannot_write_here");
+  CHECK(r.status == 1);
+  CHECK(r.err.find("headalign-convert: error:") == 0);
+  r = convert(args + " --output " + (calib / "sub").string());  // the parent is a file
+  CHECK(r.status == 1);
+  CHECK(r.err.find("does not exist") != std::string::npos);
+
+  // Killed at any moment: the output is either absent or complete (it appears by one rename).
+  for (int delay_ms : {0, 5, 20, 60, 150}) {
+    CAPTURE(delay_ms);
+    const fs::path out = fresh("io_killed");
+    const std::string run = std::string(HEADALIGN_CONVERT_EXE) + " " + args + " --output " + out.string() +
+                            " > /dev/null 2>&1 & pid=$!; sleep " + std::to_string(delay_ms / 1000.0) +
+                            "; kill -9 $pid 2> /dev/null; wait $pid 2> /dev/null; true";
+    std::system(("bash -c '" + run + "'").c_str());
+    if (fs::exists(out)) {
+      CHECK(fs::exists(out / "report.json"));
+      CHECK(fs::exists(out / "config.json"));
+      io::ModelCheckpoint ck(out.string());  // validates every tensor's header and size
+      CHECK(ck.config().num_kv_heads == 2);
+    }
+    for (const auto& e : fs::directory_iterator(base_dir()))  // a killed run may leave its .tmp.<pid>; clear it
+      if (e.path().filename().string().rfind("io_killed.tmp.", 0) == 0) fs::remove_all(e.path());
+  }
 }

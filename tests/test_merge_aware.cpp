@@ -47,6 +47,19 @@ double weighted_objective(const std::vector<Mat>& a, double lambda, const std::v
   return j;
 }
 
+// Key and value Grams and query moments of a layer's projections of the tokens x.
+template <class S>
+struct Calibrated {
+  HeadGram<S> keys, values;
+  HeadMoments<S> queries;
+  Calibrated(const AttentionWeights<double>& w, const Mat& x)
+      : keys(w.num_heads, w.head_dim), values(w.num_heads, w.head_dim), queries(w.num_heads, w.head_dim) {
+    keys.add(projections<double>(x, w.k, w.k_bias));
+    values.add(projections<double>(x, w.v, w.v_bias));
+    queries.add(projections<double>(x, w.q, w.q_bias));
+  }
+};
+
 // Attention output difference ‖f(gqa) − f(mha)‖² / ‖f(mha)‖² on x.
 double output_error(const AttentionWeights<double>& mha, const AttentionWeights<double>& gqa, const Mat& x,
                     const AttentionOptions& opt) {
@@ -264,11 +277,9 @@ TEST_CASE("convert_layer with query moments: rotated with the keys, equal to mer
   const RopeSpec spec{RopeSpec::Pairing::Interleaved, 0};
   const AttentionWeights<double> w = random_layer<double>(h, d, hidden, true, rng);
   const Mat xc = gaussian<double>(500, hidden, rng);
-  HeadGram<double> gk(h, d), gv(h, d);
-  gk.add(projections<double>(xc, w.k, w.k_bias));
-  gv.add(projections<double>(xc, w.v, w.v_bias));
-  HeadMoments<double> qm(h, d);
-  qm.add(projections<double>(xc, w.q, w.q_bias));
+  const Calibrated<double> cal(w, xc);
+  const HeadGram<double>&gk = cal.keys, &gv = cal.values;
+  const HeadMoments<double>& qm = cal.queries;
   PlanOptions po;
   po.num_groups = groups;
   po.rope = spec;
@@ -302,11 +313,9 @@ TEST_CASE("predicted output and logit errors equal what the merged layer makes o
   const Index h = 6, d = 4, hidden = 10, groups = 2, n = 300;
   const AttentionWeights<double> w = random_layer<double>(h, d, hidden, true, rng);
   const Mat xc = gaussian<double>(n, hidden, rng);
-  HeadGram<double> gk(h, d), gv(h, d);
-  gk.add(projections<double>(xc, w.k, w.k_bias));
-  gv.add(projections<double>(xc, w.v, w.v_bias));
-  HeadMoments<double> qm(h, d);
-  qm.add(projections<double>(xc, w.q, w.q_bias));
+  const Calibrated<double> cal(w, xc);
+  const HeadGram<double>&gk = cal.keys, &gv = cal.values;
+  const HeadMoments<double>& qm = cal.queries;
   PlanOptions po;
   po.num_groups = groups;
   po.key_alignment = Alignment::Orthogonal;
@@ -426,23 +435,15 @@ TEST_CASE("aware merging in float agrees with double", "[merge_aware]") {
   const Index h = 4, d = 4, hidden = 8, groups = 2;
   const AttentionWeights<double> w = random_layer<double>(h, d, hidden, true, rng);
   const Mat xc = gaussian<double>(200, hidden, rng);
-  HeadGram<double> gk(h, d), gv(h, d);
-  gk.add(projections<double>(xc, w.k, w.k_bias));
-  gv.add(projections<double>(xc, w.v, w.v_bias));
-  HeadMoments<double> qm(h, d);
-  qm.add(projections<double>(xc, w.q, w.q_bias));
-  HeadGram<float> gkf(h, d), gvf(h, d);
-  gkf.add(projections<double>(xc, w.k, w.k_bias));
-  gvf.add(projections<double>(xc, w.v, w.v_bias));
-  HeadMoments<float> qmf(h, d);
-  qmf.add(projections<double>(xc, w.q, w.q_bias));
+  const Calibrated<double> cd(w, xc);
+  const Calibrated<float> cf(w, xc);
   PlanOptions po;
   po.num_groups = groups;
   po.group_by = GroupBy::None;  // the same plan in both precisions
   MergeOptions mo;
   mo.weighting = MergeWeighting::Full;
-  const auto gd = convert_layer(w, plan_layer(gk, gv, po), mo, &qm);
-  const auto gf = convert_layer(w.cast<float>(), plan_layer(gkf, gvf, po), mo, &qmf);
+  const auto gd = convert_layer(w, plan_layer(cd.keys, cd.values, po), mo, &cd.queries);
+  const auto gf = convert_layer(w.cast<float>(), plan_layer(cf.keys, cf.values, po), mo, &cf.queries);
   CHECK(rel(gf.k.cast<double>(), gd.k) < 1e-3);
   CHECK(rel(gf.v.cast<double>(), gd.v) < 1e-3);
 }

@@ -58,6 +58,20 @@ void check_merge_groups(const HeadGram<S>& g, const std::vector<std::vector<Inde
   }
 }
 
+/// The GQA layer's unchanged parts: q, o and their biases, head counts; k and v left empty.
+template <class S>
+AttentionWeights<S> gqa_shell(const AttentionWeights<S>& w, Index num_groups) {
+  AttentionWeights<S> out;
+  out.num_heads = w.num_heads;
+  out.num_kv_heads = num_groups;
+  out.head_dim = w.head_dim;
+  out.q = w.q;
+  out.o = w.o;
+  out.q_bias = w.q_bias;
+  out.o_bias = w.o_bias;
+  return out;
+}
+
 }  // namespace detail
 
 /// @brief Merges the KV heads of a layer into @p num_groups contiguous groups by (weighted) mean.
@@ -104,14 +118,7 @@ AttentionWeights<S> merge_to_gqa(const AttentionWeights<S>& w, Index num_groups,
     }
     return out;
   };
-  AttentionWeights<S> out;
-  out.num_heads = w.num_heads;
-  out.num_kv_heads = num_groups;
-  out.head_dim = d;
-  out.q = w.q;
-  out.o = w.o;
-  out.q_bias = w.q_bias;
-  out.o_bias = w.o_bias;
+  AttentionWeights<S> out = detail::gqa_shell(w, num_groups);
   out.k = merge_rows(w.k, key_weights);
   out.v = merge_rows(w.v, value_weights);
   out.k_bias = merge_bias(w.k_bias, key_weights);
@@ -468,18 +475,8 @@ AttentionWeights<S> merge_to_gqa(const AttentionWeights<S>& w, Index num_groups,
   // Validate both mixings before any work; the mean for whatever has none.
   const auto key_blocks = mixing.key.empty() ? std::vector<Matrix<S>>() : stacked(mixing.key, "key");
   const auto value_blocks = mixing.value.empty() ? std::vector<Matrix<S>>() : stacked(mixing.value, "value");
-  AttentionWeights<S> out;
-  if (mixing.key.empty() || mixing.value.empty()) {
-    out = merge_to_gqa(w, num_groups);
-  } else {
-    out.num_heads = w.num_heads;
-    out.num_kv_heads = num_groups;
-    out.head_dim = d;
-    out.q = w.q;
-    out.o = w.o;
-    out.q_bias = w.q_bias;
-    out.o_bias = w.o_bias;
-  }
+  AttentionWeights<S> out =
+      mixing.key.empty() || mixing.value.empty() ? merge_to_gqa(w, num_groups) : detail::gqa_shell(w, num_groups);
   if (!key_blocks.empty()) apply(key_blocks, w.k, w.k_bias, out.k, out.k_bias);
   if (!value_blocks.empty()) apply(value_blocks, w.v, w.v_bias, out.v, out.v_bias);
   return out;
