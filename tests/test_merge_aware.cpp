@@ -389,6 +389,13 @@ TEST_CASE("HeadMoments: the diagonal Gram blocks, streamed, merged, saved and lo
   CHECK_THROWS_AS(m.add(x.leftCols(h * d - 1)), invalid_argument);
   CHECK_THROWS_AS(m.block(h), invalid_argument);
   CHECK_THROWS_AS(m.merge(HeadMoments<double>(h, d + 1)), invalid_argument);
+  // A float accumulator refuses data that could overflow any head, before any head adds.
+  HeadMoments<float> mf(h, d);
+  Matrix<double> huge = x.topRows(4);
+  huge.col(h * d - 1).array() *= 1e20;  // only the last head
+  CHECK_THROWS_WITH(mf.add(huge), Catch::Contains("overflow"));
+  CHECK(mf.tokens() == 0);
+  for (Index i = 0; i < h; ++i) CHECK(mf.block(i).isZero(0));
 
   const std::string path = "test_merge_aware_moments.safetensors";
   {

@@ -54,6 +54,21 @@ void syrk_lower(Matrix<S>& c, const S* a, Index k, Index lda, bool trans = false
     c.template selfadjointView<Eigen::Lower>().rankUpdate(Map(a, n, k, Eigen::OuterStride<>(lda)));
 }
 
+/// The metadata value @p key of @p r; io_error "<where> lacks metadata '<key>'" when it is missing.
+inline const std::string& metadata_field(const io::SafetensorsReader& r, const std::string& key, const std::string& where) {
+  auto it = r.metadata().find(key);
+  if (it == r.metadata().end()) throw_io_error(where + " lacks metadata '" + key + "'");
+  return it->second;
+}
+
+/// The metadata value @p key of @p r as a non-negative integer (at most 18 digits), or io_error.
+inline Index metadata_index(const io::SafetensorsReader& r, const std::string& key, const std::string& where) {
+  const std::string& s = metadata_field(r, key, where);
+  if (s.empty() || s.size() > 18 || s.find_first_not_of("0123456789") != std::string::npos)
+    throw_io_error(where + ": metadata '" + key + "' = '" + s + "' is not a non-negative integer");
+  return static_cast<Index>(std::stoll(s));
+}
+
 }  // namespace detail
 
 /// @brief Streaming accumulator of the cross-Gram blocks \f$ G_{ij} = X_i^\top X_j \f$ of H heads.
@@ -265,21 +280,10 @@ class HeadGram {
     const std::string& path = r.path();
     const std::string tensor = name.empty() ? std::string("gram") : name;
     const std::string p = name.empty() ? std::string() : name + ".";
-    const auto& meta = r.metadata();
-    auto field = [&](const std::string& key) -> const std::string& {
-      auto it = meta.find(p + key);
-      if (it == meta.end()) detail::throw_io_error("HeadGram file '" + path + "' lacks metadata '" + p + key + "'");
-      return it->second;
-    };
-    auto integer = [&](const std::string& key) {
-      const std::string& s = field(key);
-      if (s.empty() || s.size() > 18 || s.find_first_not_of("0123456789") != std::string::npos)
-        detail::throw_io_error("HeadGram file '" + path + "': metadata '" + p + key + "' = '" + s +
-                               "' is not a non-negative integer");
-      return static_cast<Index>(std::stoll(s));
-    };
-    const Index h = integer("num_heads"), d = integer("head_dim"), n = integer("tokens");
-    const std::string& norm = field("normalize_rows");
+    const std::string where = "HeadGram file '" + path + "'";
+    const Index h = detail::metadata_index(r, p + "num_heads", where), d = detail::metadata_index(r, p + "head_dim", where),
+                n = detail::metadata_index(r, p + "tokens", where);
+    const std::string& norm = detail::metadata_field(r, p + "normalize_rows", where);
     if (norm != "0" && norm != "1") detail::throw_io_error("HeadGram file '" + path + "': " + p + "normalize_rows must be 0 or 1");
     if (h <= 0 || d <= 0 || h > (1 << 16) || d > (1 << 16) || h * d > (1 << 16))
       detail::throw_io_error("HeadGram file '" + path + "': implausible num_heads " + std::to_string(h) + " / head_dim " + std::to_string(d));
@@ -315,9 +319,9 @@ class HeadGram {
   // bound_ ≥ max_i G_ii is kept, so an add that could push it past this is refused up front.
   static double limit() { return static_cast<double>(std::numeric_limits<S>::max()) / 4; }
 
-  // Accounts for n more token rows with entries up to @p largest in magnitude (unit vectors with
-  // row normalisation); throws, adding nothing, when the Gram could overflow.
-  void reserve(Index n, double largest) {
+  // The bound after n more token rows with entries up to @p largest in magnitude (unit vectors
+  // with row normalisation); throws when the Gram could overflow.
+  double reserved(Index n, double largest) const {
     const double per_row = normalize_ ? 1.0 : largest * largest;
     const double next = bound_ + static_cast<double>(n) * per_row;
     HEADALIGN_CHECK(std::isfinite(next) && next <= limit(),
@@ -325,8 +329,11 @@ class HeadGram {
                                                      << (sizeof(S) == 4 ? "float" : "double")
                                                      << " Gram accumulator (sums of squares up to " << next
                                                      << "); accumulate in double (HeadGram<double>) or rescale");
-    bound_ = next;
+    return next;
   }
+
+  // Accounts for those rows: throws, adding nothing, when the Gram could overflow.
+  void reserve(Index n, double largest) { bound_ = reserved(n, largest); }
 
   // Streams n tokens through a D × chunk buffer: fill(t0, k, buf) writes tokens t0..t0+k−1 as
   // buf's first k columns; rows are normalised per head if asked, then G += buf bufᵀ.
@@ -389,6 +396,11 @@ class HeadMoments {
     HEADALIGN_CHECK(tokens.cols() == num_heads() * d_, "query rows have " << tokens.cols() << " columns, expected num_heads · head_dim = "
                                                                           << num_heads() << " · " << d_ << " = " << num_heads() * d_);
     detail::check_finite(tokens, "query activations");
+    // Every head's overflow check before any head adds: nothing is added when one would overflow.
+    if (tokens.size() > 0)
+      for (Index h = 0; h < num_heads(); ++h)
+        heads_[static_cast<std::size_t>(h)].reserved(tokens.rows(),
+                                                     static_cast<double>(tokens.middleCols(h * d_, d_).cwiseAbs().maxCoeff()));
     for (Index h = 0; h < num_heads(); ++h) heads_[static_cast<std::size_t>(h)].add(tokens.middleCols(h * d_, d_));
   }
 
@@ -456,20 +468,11 @@ class HeadMoments {
   /// @brief Reads moments written by write_to() from an open file.
   /// @throws io_error when they are missing, inconsistent, non-symmetric, hold NaN/Inf or a negative diagonal
   static HeadMoments read_from(io::SafetensorsReader& r, const std::string& name) {
-    const auto& meta = r.metadata();
-    auto field = [&](const std::string& key) -> const std::string& {
-      auto it = meta.find(name + "." + key);
-      if (it == meta.end()) detail::throw_io_error("'" + r.path() + "' lacks metadata '" + name + "." + key + "'");
-      return it->second;
-    };
-    auto integer = [&](const std::string& key) {
-      const std::string& s = field(key);
-      if (s.empty() || s.size() > 18 || s.find_first_not_of("0123456789") != std::string::npos)
-        detail::throw_io_error("'" + r.path() + "': metadata '" + name + "." + key + "' = '" + s + "' is not a non-negative integer");
-      return static_cast<Index>(std::stoll(s));
-    };
-    if (field("kind") != "moments") detail::throw_io_error("'" + r.path() + "': '" + name + "' is not a HeadMoments tensor");
-    const Index h = integer("num_heads"), d = integer("head_dim"), n = integer("tokens");
+    const std::string where = "'" + r.path() + "'";
+    if (detail::metadata_field(r, name + ".kind", where) != "moments")
+      detail::throw_io_error(where + ": '" + name + "' is not a HeadMoments tensor");
+    const Index h = detail::metadata_index(r, name + ".num_heads", where), d = detail::metadata_index(r, name + ".head_dim", where),
+                n = detail::metadata_index(r, name + ".tokens", where);
     if (h <= 0 || d <= 0 || h > (1 << 16) || d > (1 << 12))
       detail::throw_io_error("'" + r.path() + "': implausible num_heads " + std::to_string(h) + " / head_dim " + std::to_string(d));
     if (!r.contains(name)) detail::throw_io_error("'" + r.path() + "' has no tensor '" + name + "'");
