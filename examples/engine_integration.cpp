@@ -74,9 +74,10 @@ int main(int argc, char** argv) {
     const LayerPlan<double> plan = plan_layer(keys, values, opt);
     MergeOptions full;
     full.weighting = MergeWeighting::Full;
-    const MergeAssessment<double> predicted = assess_merge(keys, values, layer, plan, full, &queries);
+    const ConvertedLayer<double> converted = convert_and_assess(keys, values, layer, plan, full, &queries);
+    const MergeAssessment<double>& predicted = converted.assessment;
     const toy::Weights aligned_mean = convert_layer(layer, plan);
-    const toy::Weights aligned_full = convert_layer(layer, plan, full, &queries);
+    const toy::Weights& aligned_full = converted.merged;
     PlanOptions plain = opt;
     plain.group_by = GroupBy::None;
     plain.key_alignment = plain.value_alignment = Alignment::None;

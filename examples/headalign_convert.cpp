@@ -198,13 +198,10 @@ LayerResult convert_one(const Options& o, io::ModelCheckpoint& ckpt, io::Safeten
   const LayerPlan<double> plan = plan_layer(gk, gv, plan_options);
   const auto contiguous = group_contiguous(cfg.num_heads, plan_options.num_groups).groups;
   const MergeError<double> key_base = predicted_merge_error(gk, contiguous), value_base = predicted_merge_error(gv, contiguous);
-  if (o.aligned_only) {
-    res.converted = w;
-    apply_alignment(res.converted, plan.order, plan.key_rotations, plan.value_rotations);
-  } else {
-    res.converted = convert_layer(w, plan, merge, queries);
-  }
-  const MergeAssessment<double> assessed = assess_merge(gk, gv, w, plan, merge, queries);
+  // One alignment of the weights serves the written layer and the predicted errors.
+  ConvertedLayer<double> converted = convert_and_assess(gk, gv, w, plan, merge, queries);
+  res.converted = std::move(o.aligned_only ? converted.aligned : converted.merged);
+  const MergeAssessment<double>& assessed = converted.assessment;
   res.output_rel = assessed.value_output.relative();
   res.output_mean_rel = assessed.value_output_mean.relative();
   if (queries) {
@@ -218,10 +215,11 @@ LayerResult convert_one(const Options& o, io::ModelCheckpoint& ckpt, io::Safeten
     merge_report["logit_error_mean"] = error_json(assessed.key_logit_mean);
   }
   // Never write a layer with NaN/Inf (the inputs were checked; this guards the arithmetic).
-  for (const auto* m : {&res.converted.q, &res.converted.k, &res.converted.v, &res.converted.o})
-    if (!detail::all_finite(*m)) fail("layer " + std::to_string(layer) + ": the converted weights are not finite; nothing was written");
-  for (const auto* b : {&res.converted.q_bias, &res.converted.k_bias, &res.converted.v_bias, &res.converted.o_bias})
-    if (!detail::all_finite(*b)) fail("layer " + std::to_string(layer) + ": the converted biases are not finite; nothing was written");
+  try {
+    res.converted.validate();
+  } catch (const invalid_argument& e) {
+    fail("layer " + std::to_string(layer) + ": the converted layer is not valid (" + e.what() + "); nothing was written");
+  }
   res.key_rel = plan.key_error.relative();
   res.value_rel = plan.value_error.relative();
   res.key_base = key_base.relative();

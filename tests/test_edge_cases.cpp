@@ -18,12 +18,6 @@ using headalign::test::random_layer;
 namespace {
 
 template <class S>
-bool finite_layer(const AttentionWeights<S>& w) {
-  return w.q.allFinite() && w.k.allFinite() && w.v.allFinite() && w.o.allFinite() && w.k_bias.allFinite() &&
-         w.v_bias.allFinite() && w.q_bias.allFinite();
-}
-
-template <class S>
 bool same_layer(const AttentionWeights<S>& a, const AttentionWeights<S>& b) {
   return a.q == b.q && a.k == b.k && a.v == b.v && a.o == b.o && a.k_bias == b.k_bias && a.v_bias == b.v_bias;
 }
@@ -55,7 +49,7 @@ void check_pipeline(const AttentionWeights<S>& w, const Matrix<double>& x, Index
         MergeOptions mo;
         mo.weighting = weighting;
         out.push_back(convert_layer(w, plan, mo, &gq));
-        CHECK(finite_layer(out.back()));
+        CHECK_NOTHROW(out.back().validate());  // shapes and every tensor finite
         const auto a = assess_merge(gk, gv, w, plan, mo, &gq);
         CHECK(std::isfinite(static_cast<double>(a.value_output.relative())));
         CHECK(std::isfinite(static_cast<double>(a.key_logit.relative())));
@@ -141,7 +135,7 @@ TEST_CASE("edge cases: magnitudes from 1e-20 to 1e20 in float", "[edge]") {
     po.num_groups = 2;
     const LayerPlan<float> plan = plan_layer(gk, gv, po);
     CHECK(plan.similarity.allFinite());
-    CHECK(finite_layer(convert_layer(w, plan)));
+    CHECK_NOTHROW(convert_layer(w, plan).validate());
     // Unnormalised float Grams: squares of 1e20 overflow float, so such data are refused with a
     // clear error (and nothing is added); 1e-20 squares to 0 (dead heads), which stays finite.
     HeadGram<float> raw(h, d, false);
@@ -160,7 +154,7 @@ TEST_CASE("edge cases: magnitudes from 1e-20 to 1e20 in float", "[edge]") {
       po.metric = Metric::Distance;
       const LayerPlan<float> p2 = plan_layer(raw, rv, po);
       CHECK(p2.similarity.allFinite());
-      CHECK(finite_layer(convert_layer(w, p2)));
+      CHECK_NOTHROW(convert_layer(w, p2).validate());
     }
   }
 }

@@ -344,6 +344,15 @@ TEST_CASE("predicted output and logit errors equal what the merged layer makes o
         logit_err += dk.dot(sq * dk) / static_cast<double>(n);
       }
     }
+    // convert_and_assess: the same layer and assessment from one alignment.
+    const auto both = convert_and_assess(gk, gv, w, plan, mo, &qm);
+    CHECK(both.merged.k == gqa.k);
+    CHECK(both.merged.v == gqa.v);
+    CHECK(both.aligned.q == aligned.q);
+    CHECK(both.aligned.o == aligned.o);
+    CHECK(both.assessment.value_output.total == a.value_output.total);
+    CHECK(both.assessment.key_logit.total == a.key_logit.total);
+    CHECK(both.assessment.value_output_mean.total == a.value_output_mean.total);
     CHECK(a.value_output.total == Approx(out_err).epsilon(1e-9));
     CHECK(a.key_logit.total == Approx(logit_err).epsilon(1e-9));
     if (weighting == MergeWeighting::Full) {

@@ -486,14 +486,17 @@ AttentionWeights<S> merge_to_gqa(const AttentionWeights<S>& w, Index num_groups,
 ///
 /// OutputAware: values by output_metrics(@p aligned); QueryAware: keys by @p key_metrics (from
 /// query_metrics()); Full: both; Mean: neither.
+/// @param value_metrics output_metrics(@p aligned) when the caller has them already (empty: computed here if needed)
 /// @throws invalid_argument when QueryAware/Full has no key metrics, or for inconsistent sizes
 template <class S>
 MergeMixing<S> merge_mixing(const AttentionWeights<S>& aligned, Index num_groups, const MergeOptions& options,
-                            const std::vector<Matrix<S>>& key_metrics = {}) {
+                            const std::vector<Matrix<S>>& key_metrics = {},
+                            const std::vector<Matrix<S>>& value_metrics = {}) {
   MergeMixing<S> mix;
   const bool values = options.weighting == MergeWeighting::OutputAware || options.weighting == MergeWeighting::Full;
   const bool keys = options.weighting == MergeWeighting::QueryAware || options.weighting == MergeWeighting::Full;
-  if (values) mix.value = mixing_from_metrics(output_metrics(aligned), num_groups, options.ridge);
+  if (values)
+    mix.value = mixing_from_metrics(value_metrics.empty() ? output_metrics(aligned) : value_metrics, num_groups, options.ridge);
   if (keys) {
     HEADALIGN_CHECK(!key_metrics.empty(), "merge_mixing: query-aware key merging needs query statistics (query_metrics())");
     HEADALIGN_CHECK(static_cast<Index>(key_metrics.size()) == aligned.num_kv_heads,

@@ -15,6 +15,8 @@
 #include "similarity.hpp"
 #include "transforms.hpp"
 
+#include <optional>
+#include <utility>
 #include <vector>
 
 namespace headalign {
@@ -119,19 +121,43 @@ LayerPlan<S> plan_layer(const HeadGram<S>& keys, const HeadGram<S>& values, cons
   return plan;
 }
 
+/// @brief What a merge is predicted to cost where it matters, from the Grams: the output error
+/// \f$ \sum_h E\|O_h(v_h - v_g)\|^2 \f$ and, with query moments, the logit error
+/// \f$ \sum_h E[(q_h^\top(k_h - k_g))^2] \f$, for the chosen weighting and for the plain mean
+/// (both after alignment). Units are those of the Grams (row-normalised Grams: unit-length heads).
+template <class S>
+struct MergeAssessment {
+  MergeError<S> value_output;       ///< output error of the chosen value merge
+  MergeError<S> value_output_mean;  ///< the same for the mean
+  MergeError<S> key_logit;          ///< logit error of the chosen key merge (empty without query moments)
+  MergeError<S> key_logit_mean;     ///< the same for the mean (empty without query moments)
+};
+
+/// @brief A layer converted and assessed in one pass (convert_and_assess()).
+template <class S>
+struct ConvertedLayer {
+  AttentionWeights<S> aligned;    ///< the aligned MHA layer (same function as the input; `--aligned-only`)
+  AttentionWeights<S> merged;     ///< the GQA layer, as convert_layer() returns it
+  MergeAssessment<S> assessment;  ///< as assess_merge() returns it
+};
+
 namespace detail {
 
 template <class S>
 struct PreparedMerge {
   AttentionWeights<S> aligned;
-  std::vector<Matrix<S>> key_metrics;  // per new head; empty without query statistics
+  std::vector<Matrix<S>> key_metrics;    // per new head; empty without query statistics
+  std::vector<Matrix<S>> value_metrics;  // output_metrics(aligned) when computed; empty otherwise
   MergeMixing<S> mixing;
 };
 
+// Aligns the layer once and derives what the merge needs from it: the query metrics (when there
+// are query moments), the output metrics (when the weighting or an assessment needs them) and the
+// mixing matrices.
 template <class S>
 PreparedMerge<S> prepare_merge(const AttentionWeights<S>& w, const LayerPlan<S>& plan, const MergeOptions& merge,
-                               const HeadMoments<S>* queries) {
-  PreparedMerge<S> p{w, {}, {}};
+                               const HeadMoments<S>* queries, bool assess) {
+  PreparedMerge<S> p{w, {}, {}, {}};
   apply_alignment(p.aligned, plan.order, plan.key_rotations, plan.value_rotations);
   if (queries) {
     HEADALIGN_CHECK(queries->num_heads() == w.num_heads && queries->head_dim() == w.head_dim,
@@ -141,8 +167,36 @@ PreparedMerge<S> prepare_merge(const AttentionWeights<S>& w, const LayerPlan<S>&
         merge.rope ? merge.rope : plan.key_alignment == Alignment::Rope ? std::optional<RopeSpec>(plan.rope) : std::nullopt;
     p.key_metrics = query_metrics(*queries, w.num_heads, rope, plan.order, plan.key_rotations);
   }
-  p.mixing = merge_mixing(p.aligned, static_cast<Index>(plan.grouping.groups.size()), merge, p.key_metrics);
+  if (assess || merge.weighting == MergeWeighting::OutputAware || merge.weighting == MergeWeighting::Full)
+    p.value_metrics = output_metrics(p.aligned);
+  p.mixing = merge_mixing(p.aligned, static_cast<Index>(plan.grouping.groups.size()), merge, p.key_metrics, p.value_metrics);
   return p;
+}
+
+// The predicted errors of a prepared merge (see assess_merge()).
+template <class S>
+MergeAssessment<S> assess_prepared(const HeadGram<S>& keys, const HeadGram<S>& values, const LayerPlan<S>& plan,
+                                   const PreparedMerge<S>& p) {
+  const std::size_t h = plan.order.size();
+  // Everything by original head index, as the Grams and the groups are.
+  auto by_head = [&](const std::vector<Matrix<S>>& per_new) {
+    std::vector<Matrix<S>> out;
+    if (per_new.empty()) return out;
+    out.resize(h);
+    for (std::size_t q = 0; q < h; ++q) out[static_cast<std::size_t>(plan.order[q])] = per_new[q];
+    return out;
+  };
+  const auto key_rot = by_head(plan.key_rotations), value_rot = by_head(plan.value_rotations);
+  const auto out_metrics = by_head(p.value_metrics);
+  MergeAssessment<S> a;
+  a.value_output = predicted_merge_error(values, plan.grouping.groups, value_rot, by_head(p.mixing.value), out_metrics);
+  a.value_output_mean = predicted_merge_error(values, plan.grouping.groups, value_rot, {}, out_metrics);
+  if (!p.key_metrics.empty()) {
+    const auto q_metrics = by_head(p.key_metrics);
+    a.key_logit = predicted_merge_error(keys, plan.grouping.groups, key_rot, by_head(p.mixing.key), q_metrics);
+    a.key_logit_mean = predicted_merge_error(keys, plan.grouping.groups, key_rot, {}, q_metrics);
+  }
+  return a;
 }
 
 }  // namespace detail
@@ -159,21 +213,9 @@ PreparedMerge<S> prepare_merge(const AttentionWeights<S>& w, const LayerPlan<S>&
 template <class S>
 AttentionWeights<S> convert_layer(const AttentionWeights<S>& w, const LayerPlan<S>& plan, const MergeOptions& merge = {},
                                   const HeadMoments<S>* queries = nullptr) {
-  const detail::PreparedMerge<S> p = detail::prepare_merge(w, plan, merge, queries);
+  const detail::PreparedMerge<S> p = detail::prepare_merge(w, plan, merge, queries, false);
   return merge_to_gqa(p.aligned, static_cast<Index>(plan.grouping.groups.size()), p.mixing);
 }
-
-/// @brief What a merge is predicted to cost where it matters, from the Grams: the output error
-/// \f$ \sum_h E\|O_h(v_h - v_g)\|^2 \f$ and, with query moments, the logit error
-/// \f$ \sum_h E[(q_h^\top(k_h - k_g))^2] \f$, for the chosen weighting and for the plain mean
-/// (both after alignment). Units are those of the Grams (row-normalised Grams: unit-length heads).
-template <class S>
-struct MergeAssessment {
-  MergeError<S> value_output;       ///< output error of the chosen value merge
-  MergeError<S> value_output_mean;  ///< the same for the mean
-  MergeError<S> key_logit;          ///< logit error of the chosen key merge (empty without query moments)
-  MergeError<S> key_logit_mean;     ///< the same for the mean (empty without query moments)
-};
 
 /// @brief Predicts, from the key and value Grams, the output and logit errors of
 /// convert_layer(@p w, @p plan, @p merge, @p queries) and of the plain mean (predicted_merge_error()
@@ -182,27 +224,21 @@ template <class S>
 MergeAssessment<S> assess_merge(const HeadGram<S>& keys, const HeadGram<S>& values, const AttentionWeights<S>& w,
                                 const LayerPlan<S>& plan, const MergeOptions& merge = {},
                                 const HeadMoments<S>* queries = nullptr) {
-  const detail::PreparedMerge<S> p = detail::prepare_merge(w, plan, merge, queries);
-  const std::size_t h = plan.order.size();
-  // Everything by original head index, as the Grams and the groups are.
-  auto by_head = [&](const std::vector<Matrix<S>>& per_new) {
-    std::vector<Matrix<S>> out;
-    if (per_new.empty()) return out;
-    out.resize(h);
-    for (std::size_t q = 0; q < h; ++q) out[static_cast<std::size_t>(plan.order[q])] = per_new[q];
-    return out;
-  };
-  const auto key_rot = by_head(plan.key_rotations), value_rot = by_head(plan.value_rotations);
-  const auto out_metrics = by_head(output_metrics(p.aligned));
-  MergeAssessment<S> a;
-  a.value_output = predicted_merge_error(values, plan.grouping.groups, value_rot, by_head(p.mixing.value), out_metrics);
-  a.value_output_mean = predicted_merge_error(values, plan.grouping.groups, value_rot, {}, out_metrics);
-  if (!p.key_metrics.empty()) {
-    const auto q_metrics = by_head(p.key_metrics);
-    a.key_logit = predicted_merge_error(keys, plan.grouping.groups, key_rot, by_head(p.mixing.key), q_metrics);
-    a.key_logit_mean = predicted_merge_error(keys, plan.grouping.groups, key_rot, {}, q_metrics);
-  }
-  return a;
+  return detail::assess_prepared(keys, values, plan, detail::prepare_merge(w, plan, merge, queries, true));
+}
+
+/// @brief convert_layer() and assess_merge() together, aligning the layer and computing its
+/// metrics and mixing once: the aligned layer, the merged layer and the assessment.
+template <class S>
+ConvertedLayer<S> convert_and_assess(const HeadGram<S>& keys, const HeadGram<S>& values, const AttentionWeights<S>& w,
+                                     const LayerPlan<S>& plan, const MergeOptions& merge = {},
+                                     const HeadMoments<S>* queries = nullptr) {
+  detail::PreparedMerge<S> p = detail::prepare_merge(w, plan, merge, queries, true);
+  ConvertedLayer<S> out;
+  out.merged = merge_to_gqa(p.aligned, static_cast<Index>(plan.grouping.groups.size()), p.mixing);
+  out.assessment = detail::assess_prepared(keys, values, plan, p);
+  out.aligned = std::move(p.aligned);
+  return out;
 }
 
 }  // namespace headalign
