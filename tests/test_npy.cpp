@@ -27,7 +27,7 @@ std::string bytes_of(const std::string& path) {
 }
 
 std::string write_bytes(const std::string& name, const std::string& bytes) {
-  const std::string path = "test_npy_" + name;
+  const std::string path = test::temp_path("npy_" + name);
   std::ofstream(path, std::ios::binary) << bytes;
   return path;
 }
@@ -150,21 +150,21 @@ TEST_CASE("npy: keys in any order; malformed, truncated and hostile files are re
 TEST_CASE("npy: the writer round-trips and writes what NumPy writes", "[npy]") {
   std::mt19937_64 rng(3);
   const Matrix<double> m = test::gaussian<double>(7, 3, rng);
-  write_npy("test_npy_roundtrip.npy", m);
-  const std::string bytes = bytes_of("test_npy_roundtrip.npy");
+  write_npy(test::temp_path("npy_roundtrip.npy"), m);
+  const std::string bytes = bytes_of(test::temp_path("npy_roundtrip.npy"));
   const std::size_t header_len = static_cast<unsigned char>(bytes[8]) | (static_cast<unsigned char>(bytes[9]) << 8);
   CHECK((10 + header_len) % 64 == 0);  // NumPy aligns the data to 64 bytes
   CHECK(bytes[10 + header_len - 1] == '\n');
   CHECK(bytes.find("{'descr': '<f8', 'fortran_order': False, 'shape': (7, 3), }") == 10);
-  CHECK(read_npy_matrix<double>("test_npy_roundtrip.npy") == m);
+  CHECK(read_npy_matrix<double>(test::temp_path("npy_roundtrip.npy")) == m);
   const std::vector<float> v = {1, 2, 3};
-  write_npy("test_npy_1d.npy", v.data(), {3});
-  CHECK(bytes_of("test_npy_1d.npy").find("'shape': (3,)") != std::string::npos);
-  CHECK(read_npy<float>("test_npy_1d.npy").data == v);
+  write_npy(test::temp_path("npy_1d.npy"), v.data(), {3});
+  CHECK(bytes_of(test::temp_path("npy_1d.npy")).find("'shape': (3,)") != std::string::npos);
+  CHECK(read_npy<float>(test::temp_path("npy_1d.npy")).data == v);
   // Byte-identical to NumPy's own file of the same array.
   std::vector<float> f(15);
   for (std::size_t i = 0; i < f.size(); ++i) f[i] = static_cast<float>(float_value(i));
-  write_npy("test_npy_same.npy", f.data(), {3, 5});
-  CHECK(bytes_of("test_npy_same.npy") == bytes_of(npy_case("f4_2d.npy")));
+  write_npy(test::temp_path("npy_same.npy"), f.data(), {3, 5});
+  CHECK(bytes_of(test::temp_path("npy_same.npy")) == bytes_of(npy_case("f4_2d.npy")));
   CHECK_THROWS_AS(write_npy("/no_such_dir/x.npy", f.data(), {3, 5}), io_error);
 }

@@ -8,7 +8,9 @@
 #include <Eigen/QR>
 
 #include <cmath>
+#include <cstdlib>
 #include <random>
+#include <string>
 
 namespace headalign::test {
 
@@ -67,6 +69,12 @@ double tol(double d, double scale = 1.0) {
 template <class S>
 double orthogonality_error(const Matrix<S>& r) {
   return static_cast<double>((r.transpose() * r - Matrix<S>::Identity(r.cols(), r.cols())).cwiseAbs().maxCoeff());
+}
+
+/// A scratch path in $TMPDIR (else /tmp): tests never write into the working directory.
+inline std::string temp_path(const std::string& name) {
+  const char* dir = std::getenv("TMPDIR");
+  return std::string(dir && *dir ? dir : "/tmp") + "/headalign_test_" + name;
 }
 
 }  // namespace headalign::test
