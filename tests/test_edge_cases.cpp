@@ -158,3 +158,61 @@ TEST_CASE("edge cases: magnitudes from 1e-20 to 1e20 in float", "[edge]") {
     }
   }
 }
+
+TEST_CASE("edge cases: float weights whose products overflow give a clear error, never NaN", "[edge]") {
+  // Found by fuzz_convert (fuzz/regressions/convert): finite float weights near 1e30 square past
+  // float's range in the output and query metrics; the merge and its assessment used to return
+  // Inf/NaN without an error.
+  std::mt19937_64 rng(33);
+  const Index h = 4, d = 4, hidden = 8;
+  AttentionWeights<double> wd = random_layer<double>(h, d, hidden, false, rng);
+  wd.o *= 1e30;
+  wd.q *= 1e30;
+  const AttentionWeights<float> w = wd.cast<float>();
+  REQUIRE_NOTHROW(w.validate());  // finite inputs
+  const Matrix<double> x = gaussian<double>(50, hidden, rng);
+  HeadGram<float> gk(h, d, true), gv(h, d, true);
+  gk.add(projections<double>(x, w.k.cast<double>(), {}));
+  gv.add(projections<double>(x, w.v.cast<double>(), {}));
+  HeadMoments<float> gq(h, d);
+  gq.add(projections<double>(x, wd.q, {}).cast<float>().eval() * 1e-30f);  // moments of a representable size
+  PlanOptions po;
+  po.num_groups = 2;
+  const LayerPlan<float> plan = plan_layer(gk, gv, po);
+  for (auto weighting : {MergeWeighting::Mean, MergeWeighting::OutputAware, MergeWeighting::Full}) {
+    CAPTURE(static_cast<int>(weighting));
+    MergeOptions mo;
+    mo.weighting = weighting;
+    if (weighting == MergeWeighting::Mean) {
+      // The mean merge never squares o: the layer converts, only its assessment overflows.
+      const AttentionWeights<float> merged = convert_layer(w, plan, mo, &gq);
+      CHECK_NOTHROW(merged.validate());
+    } else {
+      CHECK_THROWS_WITH(convert_layer(w, plan, mo, &gq), Catch::Contains("overflowed float"));
+    }
+    CHECK_THROWS_WITH(convert_and_assess(gk, gv, w, plan, mo, &gq), Catch::Contains("overflowed float"));
+    CHECK_THROWS_AS(assess_merge(gk, gv, w, plan, mo, &gq), invalid_argument);
+  }
+  // The advice of the message: the same layer in double converts and assesses, finite.
+  HeadGram<double> dk(h, d, true), dv(h, d, true);
+  dk.add(projections<double>(x, wd.k, {}));
+  dv.add(projections<double>(x, wd.v, {}));
+  HeadMoments<double> dq(h, d);
+  dq.add(projections<double>(x, wd.q, {}));
+  const LayerPlan<double> pd = plan_layer(dk, dv, po);
+  MergeOptions full;
+  full.weighting = MergeWeighting::Full;
+  const ConvertedLayer<double> c = convert_and_assess(dk, dv, wd, pd, full, &dq);
+  CHECK_NOTHROW(c.merged.validate());
+  CHECK(std::isfinite(c.assessment.value_output.relative()));
+  CHECK(std::isfinite(c.assessment.key_logit.relative()));
+  // apply_alignment refuses a rotation whose result overflows, and leaves the layer unchanged.
+  AttentionWeights<float> big = w;
+  big.k.setConstant(3e38f);
+  const AttentionWeights<float> before = big;
+  std::vector<Matrix<float>> rot(static_cast<std::size_t>(h), Matrix<float>::Identity(d, d));
+  const float c45 = static_cast<float>(std::sqrt(0.5));
+  rot[0].topLeftCorner(2, 2) << c45, -c45, c45, c45;  // (a + b)/√2 of two 3e38 entries ≈ 4.2e38
+  CHECK_THROWS_WITH(apply_alignment(big, {}, rot, {}), Catch::Contains("overflowed float"));
+  CHECK(same_layer(big, before));
+}

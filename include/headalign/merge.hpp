@@ -123,6 +123,7 @@ AttentionWeights<S> merge_to_gqa(const AttentionWeights<S>& w, Index num_groups,
   out.v = merge_rows(w.v, value_weights);
   out.k_bias = merge_bias(w.k_bias, key_weights);
   out.v_bias = merge_bias(w.v_bias, value_weights);
+  detail::check_no_overflow(out, "merge_to_gqa");
   return out;
 }
 
@@ -178,6 +179,7 @@ AttentionWeights<S> gated_weights(const AttentionWeights<S>& mha, const Attentio
     if (out.v_bias.size())
       out.v_bias.segment(j * d, d) = zv * mha.v_bias.segment(j * d, d) + (S(1) - zv) * gqa.v_bias.segment(grp * d, d);
   }
+  detail::check_no_overflow(out, "gated_weights");
   return out;
 }
 
@@ -277,6 +279,8 @@ MergeError<S> predicted_merge_error(const HeadGram<S>& g, const std::vector<std:
     }
     err.total += err.per_group(static_cast<Index>(gi));
   }
+  if (!std::isfinite(static_cast<double>(err.total)) || !std::isfinite(static_cast<double>(err.energy)))
+    detail::throw_overflow<S>("predicted_merge_error");
   return err;
 }
 
@@ -352,7 +356,10 @@ std::vector<Matrix<S>> output_metrics(const AttentionWeights<S>& w) {
   std::vector<Matrix<S>> a(static_cast<std::size_t>(w.num_kv_heads), Matrix<S>::Zero(d, d));
   for (Index p = 0; p < w.num_heads; ++p)  // symmetric: half the products
     a[static_cast<std::size_t>(p / per)].template selfadjointView<Eigen::Lower>().rankUpdate(w.o.middleCols(p * d, d).transpose());
-  for (auto& m : a) m.template triangularView<Eigen::StrictlyUpper>() = m.transpose();
+  for (auto& m : a) {
+    m.template triangularView<Eigen::StrictlyUpper>() = m.transpose();
+    if (!m.allFinite()) detail::throw_overflow<S>("output_metrics");
+  }
   return a;
 }
 
@@ -388,6 +395,8 @@ std::vector<Matrix<S>> query_metrics(const HeadMoments<S>& queries, Index num_kv
     if (!rotations.empty()) m = rotations[static_cast<std::size_t>(p)].transpose() * m * rotations[static_cast<std::size_t>(p)];
     a[static_cast<std::size_t>(p / per)] += rope ? rope_average(m, *rope) : m;
   }
+  for (const auto& m : a)
+    if (!m.allFinite()) detail::throw_overflow<S>("query_metrics");
   return a;
 }
 
@@ -420,6 +429,7 @@ std::vector<Matrix<S>> mixing_from_metrics(const std::vector<Matrix<S>>& metrics
     Matrix<S> sum = Matrix<S>::Zero(d, d);
     for (Index u = g * k; u < (g + 1) * k; ++u) sum += metrics[static_cast<std::size_t>(u)];
     const S trace = sum.trace();
+    if (!sum.allFinite() || !std::isfinite(static_cast<double>(trace))) detail::throw_overflow<S>("mixing_from_metrics");
     if (!(trace > S(0))) {
       for (Index u = g * k; u < (g + 1) * k; ++u) mix[static_cast<std::size_t>(u)] = Matrix<S>::Identity(d, d) / static_cast<S>(k);
       continue;
@@ -433,6 +443,7 @@ std::vector<Matrix<S>> mixing_from_metrics(const std::vector<Matrix<S>>& metrics
       Matrix<S> a = metrics[static_cast<std::size_t>(u)];
       a.diagonal().array() += lambda;
       mix[static_cast<std::size_t>(u)] = llt.solve(a);
+      if (!mix[static_cast<std::size_t>(u)].allFinite()) detail::throw_overflow<S>("mixing_from_metrics");
     }
   }
   return mix;
@@ -479,6 +490,7 @@ AttentionWeights<S> merge_to_gqa(const AttentionWeights<S>& w, Index num_groups,
       mixing.key.empty() || mixing.value.empty() ? merge_to_gqa(w, num_groups) : detail::gqa_shell(w, num_groups);
   if (!key_blocks.empty()) apply(key_blocks, w.k, w.k_bias, out.k, out.k_bias);
   if (!value_blocks.empty()) apply(value_blocks, w.v, w.v_bias, out.v, out.v_bias);
+  detail::check_no_overflow(out, "merge_to_gqa");
   return out;
 }
 
@@ -563,6 +575,8 @@ MergeError<S> predicted_merge_error(const HeadGram<S>& g, const std::vector<std:
     }
     err.total += err.per_group(static_cast<Index>(gi));
   }
+  if (!std::isfinite(static_cast<double>(err.total)) || !std::isfinite(static_cast<double>(err.energy)))
+    detail::throw_overflow<S>("predicted_merge_error");
   return err;
 }
 

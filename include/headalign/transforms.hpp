@@ -101,6 +101,22 @@ struct AttentionWeights {
 
 namespace detail {
 
+/// Throws invalid_argument for a result that came out NaN or Inf from finite, validated inputs:
+/// the arithmetic left S's range (e.g. float weights near 1e38, whose squares overflow).
+template <class S>
+[[noreturn]] void throw_overflow(const std::string& who) {
+  throw_invalid_argument(who + ": the result overflowed " + (sizeof(S) == 4 ? "float" : "double") +
+                         " (the inputs are finite but too large for its range: convert in double, or rescale)");
+}
+
+/// throw_overflow() unless every weight and bias of @p w is finite.
+template <class S>
+void check_no_overflow(const AttentionWeights<S>& w, const std::string& who) {
+  if (!(w.q.allFinite() && w.k.allFinite() && w.v.allFinite() && w.o.allFinite() && w.q_bias.allFinite() &&
+        w.k_bias.allFinite() && w.v_bias.allFinite() && w.o_bias.allFinite()))
+    throw_overflow<S>(who);
+}
+
 /// Throws unless @p order is a permutation of 0 … n−1.
 inline void check_permutation(const std::vector<Index>& order, Index n, const char* what) {
   HEADALIGN_CHECK(static_cast<Index>(order.size()) == n, what << ": order has " << order.size() << " entries for " << n << " heads");
@@ -148,7 +164,8 @@ void check_rotations(const std::vector<Matrix<S>>& r, Index n, Index d, const ch
 /// @param key_rotations one d × d orthogonal matrix per new head (empty = identities)
 /// @param value_rotations one d × d orthogonal matrix per new head (empty = identities)
 /// @throws invalid_argument for a GQA layer (num_kv_heads ≠ num_heads), inconsistent shapes,
-///         a non-permutation, non-orthogonal or non-finite rotations; @p w is unchanged then.
+///         a non-permutation, non-orthogonal or non-finite rotations, or a result that overflows
+///         S; @p w is unchanged then.
 template <class S>
 void apply_alignment(AttentionWeights<S>& w, const std::vector<Index>& order,
                      const std::vector<Matrix<S>>& key_rotations, const std::vector<Matrix<S>>& value_rotations) {
@@ -206,6 +223,8 @@ void apply_alignment(AttentionWeights<S>& w, const std::vector<Index>& order,
        v = transform_rows(w.v, value_rotations, value_identity);
   Vec qb = transform_bias(w.q_bias, key_rotations, key_identity), kb = transform_bias(w.k_bias, key_rotations, key_identity),
       vb = transform_bias(w.v_bias, value_rotations, value_identity);
+  if (!(q.allFinite() && k.allFinite() && v.allFinite() && o.allFinite() && qb.allFinite() && kb.allFinite() && vb.allFinite()))
+    detail::throw_overflow<S>("apply_alignment");
   w.q.swap(q);
   w.k.swap(k);
   w.v.swap(v);
