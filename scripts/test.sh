@@ -1,9 +1,19 @@
 #!/usr/bin/env bash
 # Installs what is missing, fetches the real test model, configures, builds and runs every test (CPU only).
+# With clang (installed by install-deps.sh) the whole suite is built with AddressSanitizer +
+# UndefinedBehaviorSanitizer (HEADALIGN_SANITIZE), and the libFuzzer targets are built and run
+# for HEADALIGN_FUZZ_SECONDS each (default 10); without clang, a plain build of the same suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install-deps.sh
 model="$(pwd)/$(./scripts/fetch-model.sh)"
-cmake -S . -B build/test -DCMAKE_BUILD_TYPE=Release -DHEADALIGN_BUILD_BENCHMARKS=OFF -DHEADALIGN_MINILM_DIR="$model"
-cmake --build build/test -j "$(nproc)"
-OPENBLAS_NUM_THREADS=1 ctest --test-dir build/test -j "$(nproc)" --output-on-failure
+build=build/test
+options=()
+if command -v clang++ >/dev/null 2>&1; then
+  build=build/test-sanitize
+  options=(-DCMAKE_CXX_COMPILER=clang++ -DHEADALIGN_SANITIZE=ON -DHEADALIGN_BUILD_FUZZERS=ON
+           -DHEADALIGN_FUZZ_SECONDS="${HEADALIGN_FUZZ_SECONDS:-10}")
+fi
+cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DHEADALIGN_BUILD_BENCHMARKS=OFF -DHEADALIGN_MINILM_DIR="$model" "${options[@]}"
+cmake --build "$build" -j "$(nproc)"
+OPENBLAS_NUM_THREADS=1 ctest --test-dir "$build" -j "$(nproc)" --output-on-failure
