@@ -132,6 +132,7 @@ void run(const std::uint8_t* par, const std::uint8_t* data, std::size_t size) {
   const ConvertedLayer<S> c = convert_and_assess(gk, gv, w, plan, merge, with_queries ? &gq : nullptr);
 
   // The contract: finite, the right shape, orthogonal rotations.
+  check_finite<S>(plan.similarity, "the similarity");
   const AttentionWeights<S>& out = c.merged;
   if (out.num_heads != h || out.num_kv_heads != groups || out.head_dim != d || out.q.rows() != h * d ||
       out.k.rows() != groups * d || out.v.rows() != groups * d || out.o.cols() != h * d || out.q.cols() != hidden)

@@ -7,6 +7,7 @@
 #include <catch2/catch.hpp>
 
 #include <fstream>
+#include <limits>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -213,6 +214,42 @@ TEMPLATE_TEST_CASE("degenerate matrices give orthogonal results, never NaN", "[p
         CHECK(std::isfinite(static_cast<double>(procrustes_score(cases[c], a))));
       }
     }
+  }
+}
+
+TEMPLATE_TEST_CASE("extreme magnitudes: the transform depends only on M's direction", "[procrustes]", float, double) {
+  // Found by fuzz_convert (fuzz/regressions/convert): a float M of about 1e-22 gave a RoPE
+  // "rotation" far from orthogonal (the 2×2 closed form divided subnormal numbers) and Newton's
+  // inverse of tiny M overflowed. M is now scaled by a power of two first (exactly).
+  using S = TestType;
+  std::mt19937_64 rng(16);
+  const Index d = 8;
+  const Matrix<S> m = gaussian<S>(d, d, rng);
+  const int lowest = std::numeric_limits<S>::min_exponent, highest = std::numeric_limits<S>::max_exponent;
+  for (int e : {lowest + 30, lowest / 2, -40, 40, highest / 2, highest - 10}) {
+    const Matrix<S> scaled = m * std::ldexp(S(1), e);  // exact: every entry stays normal
+    for (Alignment a : {Alignment::Orthogonal, Alignment::Rotation, Alignment::Rope}) {
+      for (PolarMethod method : kMethods) {
+        CAPTURE(e, static_cast<int>(a), static_cast<int>(method));
+        const auto base = procrustes(m, a, {}, {method});
+        const auto res = procrustes(scaled, a, {}, {method});
+        REQUIRE(res.rotation.allFinite());
+        CHECK(orthogonality_error(res.rotation) < tol<S>(d));
+        CHECK((res.rotation - base.rotation).cwiseAbs().maxCoeff() <= tol<S>(d));
+        const double expected = std::ldexp(static_cast<double>(base.score), e);
+        CHECK(std::abs(static_cast<double>(res.score) - expected) <= tol<S>(d, std::abs(expected)));
+        const double score = static_cast<double>(procrustes_score(scaled, a, {}, {method}));
+        CHECK(std::abs(score - expected) <= tol<S>(d, std::abs(expected)));
+      }
+    }
+  }
+  // Subnormal entries (float: below 1.2e-38) keep few bits, but R is still orthogonal.
+  const Matrix<S> tiny = m * std::numeric_limits<S>::denorm_min() * S(64);
+  for (Alignment a : {Alignment::Orthogonal, Alignment::Rotation, Alignment::Rope}) {
+    CAPTURE(static_cast<int>(a));
+    const auto res = procrustes(tiny, a);
+    REQUIRE(res.rotation.allFinite());
+    CHECK(orthogonality_error(res.rotation) < tol<S>(d));
   }
 }
 

@@ -113,7 +113,7 @@ GpaResult<S> align_group(const HeadGram<S>& g, const std::vector<Index>& heads, 
   // Objective scale per pair: Cauchy–Schwarz bound √(tr G_tt tr G_uu)/n, averaged over pairs.
   S scale = 0;
   for (std::size_t t = 0; t < uk; ++t)
-    for (std::size_t u = t + 1; u < uk; ++u) scale += std::sqrt(g.trace(heads[t]) * g.trace(heads[u]));
+    for (std::size_t u = t + 1; u < uk; ++u) scale += std::sqrt(g.trace(heads[t])) * std::sqrt(g.trace(heads[u]));
   scale /= n * static_cast<S>(k * (k - 1) / 2);
   if (!(scale > S(0))) scale = 1;
 

@@ -262,6 +262,22 @@ Matrix<typename Derived::Scalar> checked_square(const Eigen::MatrixBase<Derived>
   return out;
 }
 
+/// Scales @p m in place by a power of two so that its largest magnitude lies in [0.5, 1), and
+/// returns the exponent e with m_original = 2^e · m. Exact (powers of two), and it changes no
+/// transform: R depends only on the direction of M. It keeps the solvers away from underflow
+/// (subnormal entries lose the bits that make R orthogonal) and overflow (LU inverses, squares).
+template <class S>
+int normalize_exponent(Matrix<S>& m) {
+  const S largest = m.size() ? m.cwiseAbs().maxCoeff() : S(0);
+  if (!(largest > S(0))) return 0;
+  int e = 0;
+  std::frexp(largest, &e);
+  // Two factors, each a normal number, so no step rounds (2^-e alone can be subnormal).
+  m *= std::ldexp(S(1), -(e / 2));
+  m *= std::ldexp(S(1), -(e - e / 2));
+  return e;
+}
+
 }  // namespace detail
 
 /// @brief The transform R of the set that @p alignment allows maximising \f$ \mathrm{tr}(R^\top M) \f$.
@@ -286,15 +302,21 @@ ProcrustesResult<typename Derived::Scalar> procrustes(const Eigen::MatrixBase<De
                                                       Alignment alignment = Alignment::Orthogonal,
                                                       RopeSpec rope = {}, ProcrustesOptions options = {}) {
   using S = typename Derived::Scalar;
-  const Matrix<S> mm = detail::checked_square(m, "Procrustes matrix M");
+  Matrix<S> mm = detail::checked_square(m, "Procrustes matrix M");
   const Index d = mm.rows();
+  if (alignment == Alignment::None) return {Matrix<S>::Identity(d, d), mm.trace()};
+  if (alignment == Alignment::Rope) rotary_dims(rope, d);  // validate before any work
+  const int e = detail::normalize_exponent(mm);  // M = 2^e · mm: same R, score × 2^e
+  auto unscaled = [e](ProcrustesResult<S> res) {
+    res.score = std::ldexp(res.score, e);
+    return res;
+  };
   switch (alignment) {
     case Alignment::None:
-      return {Matrix<S>::Identity(d, d), mm.trace()};
     case Alignment::Orthogonal:
-      return detail::polar(mm, false, options.method);
+      return unscaled(detail::polar(mm, false, options.method));
     case Alignment::Rotation:
-      return detail::polar(mm, true, options.method);
+      return unscaled(detail::polar(mm, true, options.method));
     case Alignment::Rope:
       break;
   }
@@ -316,7 +338,7 @@ ProcrustesResult<typename Derived::Scalar> procrustes(const Eigen::MatrixBase<De
     result.rotation.bottomRightCorner(d - r, d - r) = rest.rotation;
     result.score += rest.score;
   }
-  return result;
+  return unscaled(std::move(result));
 }
 
 /// @brief The optimal score \f$ \max_R \mathrm{tr}(R^\top M) \f$ of procrustes() without forming R.
@@ -329,18 +351,20 @@ template <class Derived>
 typename Derived::Scalar procrustes_score(const Eigen::MatrixBase<Derived>& m, Alignment alignment,
                                           RopeSpec rope = {}, ProcrustesOptions options = {}) {
   using S = typename Derived::Scalar;
-  const Matrix<S> mm = detail::checked_square(m, "Procrustes matrix M");
+  Matrix<S> mm = detail::checked_square(m, "Procrustes matrix M");
   const Index d = mm.rows();
   if (d == 0) return S(0);
+  if (alignment == Alignment::None) return mm.trace();
+  if (alignment == Alignment::Rope) rotary_dims(rope, d);  // validate before any work
+  const int e = detail::normalize_exponent(mm);             // as in procrustes()
   const PolarMethod method = detail::svd_method(options.method, detail::lapack_scalar<S>());
   switch (alignment) {
     case Alignment::None:
-      return mm.trace();
     case Alignment::Orthogonal:
-      return detail::singular_values(mm, method).sum();
+      return std::ldexp(detail::singular_values(mm, method).sum(), e);
     case Alignment::Rotation: {
       const Vector<S> sigma = detail::singular_values(mm, method);
-      return detail::det_sign(mm) < 0 ? sigma.sum() - S(2) * sigma(d - 1) : sigma.sum();
+      return std::ldexp(detail::det_sign(mm) < 0 ? sigma.sum() - S(2) * sigma(d - 1) : sigma.sum(), e);
     }
     case Alignment::Rope:
       break;
@@ -352,7 +376,7 @@ typename Derived::Scalar procrustes_score(const Eigen::MatrixBase<Derived>& m, A
     score += std::hypot(mm(a, a) + mm(b, b), mm(b, a) - mm(a, b));
   }
   if (r < d) score += detail::singular_values<S>(mm.bottomRightCorner(d - r, d - r), method).sum();
-  return score;
+  return std::ldexp(score, e);
 }
 
 /// @brief SciPy's `orthogonal_procrustes(A, B)`: R = argmin ‖A R − B‖_F over orthogonal R.

@@ -52,7 +52,7 @@ Matrix<S> similarity_matrix(const HeadGram<S>& g, Alignment alignment, Metric me
       } else if (g.normalize_rows()) {
         value = s / n;
       } else {
-        const S den = std::sqrt(tr(i) * tr(j));
+        const S den = std::sqrt(tr(i)) * std::sqrt(tr(j));  // (the product can underflow)
         value = den > S(0) ? s / den : S(0);
       }
       sim(i, j) = sim(j, i) = value;
