@@ -123,7 +123,7 @@ AttentionWeights<S> merge_to_gqa(const AttentionWeights<S>& w, Index num_groups,
   out.v = merge_rows(w.v, value_weights);
   out.k_bias = merge_bias(w.k_bias, key_weights);
   out.v_bias = merge_bias(w.v_bias, value_weights);
-  detail::check_no_overflow(out, "merge_to_gqa");
+  detail::check_no_overflow<S>("merge_to_gqa", out.k, out.v, out.k_bias, out.v_bias);
   return out;
 }
 
@@ -179,7 +179,7 @@ AttentionWeights<S> gated_weights(const AttentionWeights<S>& mha, const Attentio
     if (out.v_bias.size())
       out.v_bias.segment(j * d, d) = zv * mha.v_bias.segment(j * d, d) + (S(1) - zv) * gqa.v_bias.segment(grp * d, d);
   }
-  detail::check_no_overflow(out, "gated_weights");
+  detail::check_no_overflow<S>("gated_weights", out.k, out.v, out.k_bias, out.v_bias);
   return out;
 }
 
@@ -490,7 +490,7 @@ AttentionWeights<S> merge_to_gqa(const AttentionWeights<S>& w, Index num_groups,
       mixing.key.empty() || mixing.value.empty() ? merge_to_gqa(w, num_groups) : detail::gqa_shell(w, num_groups);
   if (!key_blocks.empty()) apply(key_blocks, w.k, w.k_bias, out.k, out.k_bias);
   if (!value_blocks.empty()) apply(value_blocks, w.v, w.v_bias, out.v, out.v_bias);
-  detail::check_no_overflow(out, "merge_to_gqa");
+  detail::check_no_overflow<S>("merge_to_gqa", out.k, out.v, out.k_bias, out.v_bias);
   return out;
 }
 

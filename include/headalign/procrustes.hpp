@@ -305,14 +305,13 @@ ProcrustesResult<typename Derived::Scalar> procrustes(const Eigen::MatrixBase<De
   Matrix<S> mm = detail::checked_square(m, "Procrustes matrix M");
   const Index d = mm.rows();
   if (alignment == Alignment::None) return {Matrix<S>::Identity(d, d), mm.trace()};
-  if (alignment == Alignment::Rope) rotary_dims(rope, d);  // validate before any work
   const int e = detail::normalize_exponent(mm);  // M = 2^e · mm: same R, score × 2^e
   auto unscaled = [e](ProcrustesResult<S> res) {
     res.score = std::ldexp(res.score, e);
     return res;
   };
   switch (alignment) {
-    case Alignment::None:
+    case Alignment::None:  // returned above
     case Alignment::Orthogonal:
       return unscaled(detail::polar(mm, false, options.method));
     case Alignment::Rotation:
@@ -355,11 +354,10 @@ typename Derived::Scalar procrustes_score(const Eigen::MatrixBase<Derived>& m, A
   const Index d = mm.rows();
   if (d == 0) return S(0);
   if (alignment == Alignment::None) return mm.trace();
-  if (alignment == Alignment::Rope) rotary_dims(rope, d);  // validate before any work
-  const int e = detail::normalize_exponent(mm);             // as in procrustes()
+  const int e = detail::normalize_exponent(mm);  // as in procrustes()
   const PolarMethod method = detail::svd_method(options.method, detail::lapack_scalar<S>());
   switch (alignment) {
-    case Alignment::None:
+    case Alignment::None:  // returned above
     case Alignment::Orthogonal:
       return std::ldexp(detail::singular_values(mm, method).sum(), e);
     case Alignment::Rotation: {

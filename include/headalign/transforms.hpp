@@ -109,12 +109,11 @@ template <class S>
                          " (the inputs are finite but too large for its range: convert in double, or rescale)");
 }
 
-/// throw_overflow() unless every weight and bias of @p w is finite.
-template <class S>
-void check_no_overflow(const AttentionWeights<S>& w, const std::string& who) {
-  if (!(w.q.allFinite() && w.k.allFinite() && w.v.allFinite() && w.o.allFinite() && w.q_bias.allFinite() &&
-        w.k_bias.allFinite() && w.v_bias.allFinite() && w.o_bias.allFinite()))
-    throw_overflow<S>(who);
+/// throw_overflow() unless every one of the freshly computed @p parts is finite (only what an
+/// operation computed needs the check: its inputs were validated).
+template <class S, class... Parts>
+void check_no_overflow(const std::string& who, const Parts&... parts) {
+  if (!(parts.allFinite() && ...)) throw_overflow<S>(who);
 }
 
 /// Throws unless @p order is a permutation of 0 … n−1.
@@ -223,8 +222,7 @@ void apply_alignment(AttentionWeights<S>& w, const std::vector<Index>& order,
        v = transform_rows(w.v, value_rotations, value_identity);
   Vec qb = transform_bias(w.q_bias, key_rotations, key_identity), kb = transform_bias(w.k_bias, key_rotations, key_identity),
       vb = transform_bias(w.v_bias, value_rotations, value_identity);
-  if (!(q.allFinite() && k.allFinite() && v.allFinite() && o.allFinite() && qb.allFinite() && kb.allFinite() && vb.allFinite()))
-    detail::throw_overflow<S>("apply_alignment");
+  detail::check_no_overflow<S>("apply_alignment", q, k, v, o, qb, kb, vb);
   w.q.swap(q);
   w.k.swap(k);
   w.v.swap(v);
