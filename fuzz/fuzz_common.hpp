@@ -18,10 +18,15 @@
 
 namespace headalign::fuzz {
 
-/// A file in $TMPDIR (else /tmp) private to this process, holding @p size bytes of @p data.
-inline std::string scratch_file(const std::string& name, const std::uint8_t* data, std::size_t size) {
+/// A path in $TMPDIR (else /tmp) private to this process.
+inline std::string scratch_path(const std::string& name) {
   const char* dir = std::getenv("TMPDIR");
-  const std::string path = std::string(dir && *dir ? dir : "/tmp") + "/headalign_fuzz_" + std::to_string(::getpid()) + "_" + name;
+  return std::string(dir && *dir ? dir : "/tmp") + "/headalign_fuzz_" + std::to_string(::getpid()) + "_" + name;
+}
+
+/// A file at scratch_path(@p name) holding @p size bytes of @p data.
+inline std::string scratch_file(const std::string& name, const std::uint8_t* data, std::size_t size) {
+  const std::string path = scratch_path(name);
   std::ofstream out(path, std::ios::binary | std::ios::trunc);
   out.write(reinterpret_cast<const char*>(data), static_cast<std::streamsize>(size));
   if (!out) {
@@ -35,6 +40,12 @@ inline std::string scratch_file(const std::string& name, const std::uint8_t* dat
 [[noreturn]] inline void finding(const std::string& what) {
   std::fprintf(stderr, "fuzz finding: %s\n", what.c_str());
   std::abort();
+}
+
+/// A finding unless every entry of @p m is finite.
+template <class Derived>
+void check_finite(const Eigen::MatrixBase<Derived>& m, const char* what) {
+  if (!m.allFinite()) finding(std::string(what) + " holds NaN or Inf");
 }
 
 /// Runs @p body; headalign::invalid_argument and headalign::io_error are the documented

@@ -35,8 +35,7 @@ void add_llama_layer(io::SafetensorsWriter& w, int layer) {
 // The fixed shards, written once per process.
 const std::string& model_dir() {
   static const std::string dir = [] {
-    const char* tmp = std::getenv("TMPDIR");
-    const std::string d = std::string(tmp && *tmp ? tmp : "/tmp") + "/headalign_fuzz_" + std::to_string(::getpid()) + "_model";
+    const std::string d = fuzz::scratch_path("model");
     std::filesystem::create_directories(d);
     io::SafetensorsWriter all, a, b;
     add_llama_layer(all, 0);

@@ -52,11 +52,6 @@ void fill(M& m, Payload& p) {
 }
 
 template <class S>
-void check_finite(const Eigen::Ref<const Matrix<S>>& m, const char* what) {
-  if (!m.allFinite()) fuzz::finding(std::string(what) + " holds NaN or Inf");
-}
-
-template <class S>
 void run(const std::uint8_t* par, const std::uint8_t* data, std::size_t size) {
   static const Index heads_of[] = {1, 2, 3, 4, 6, 8}, dims_of[] = {1, 2, 3, 4, 6, 8};
   const Index h = heads_of[par[0] % 6], d = dims_of[par[2] % 6];
@@ -132,21 +127,20 @@ void run(const std::uint8_t* par, const std::uint8_t* data, std::size_t size) {
   const ConvertedLayer<S> c = convert_and_assess(gk, gv, w, plan, merge, with_queries ? &gq : nullptr);
 
   // The contract: finite, the right shape, orthogonal rotations.
-  check_finite<S>(plan.similarity, "the similarity");
+  fuzz::check_finite(plan.similarity, "the similarity");
   const AttentionWeights<S>& out = c.merged;
   if (out.num_heads != h || out.num_kv_heads != groups || out.head_dim != d || out.q.rows() != h * d ||
       out.k.rows() != groups * d || out.v.rows() != groups * d || out.o.cols() != h * d || out.q.cols() != hidden)
     fuzz::finding("the merged layer has the wrong shape");
-  check_finite<S>(out.q, "merged q");
-  check_finite<S>(out.k, "merged k");
-  check_finite<S>(out.v, "merged v");
-  check_finite<S>(out.o, "merged o");
-  for (const auto* b : {&out.q_bias, &out.k_bias, &out.v_bias, &out.o_bias})
-    if (!b->allFinite()) fuzz::finding("a merged bias holds NaN or Inf");
+  fuzz::check_finite(out.q, "merged q");
+  fuzz::check_finite(out.k, "merged k");
+  fuzz::check_finite(out.v, "merged v");
+  fuzz::check_finite(out.o, "merged o");
+  for (const auto* b : {&out.q_bias, &out.k_bias, &out.v_bias, &out.o_bias}) fuzz::check_finite(*b, "a merged bias");
   const double eps = std::numeric_limits<S>::epsilon();
   for (const auto* rs : {&plan.key_rotations, &plan.value_rotations})
     for (const auto& r : *rs) {
-      check_finite<S>(r, "a rotation");
+      fuzz::check_finite(r, "a rotation");
       if ((r.transpose() * r - Matrix<S>::Identity(d, d)).cwiseAbs().maxCoeff() > 1e3 * eps)
         fuzz::finding("a rotation is not orthogonal");
     }

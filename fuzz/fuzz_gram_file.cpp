@@ -8,11 +8,6 @@ using namespace headalign;
 
 namespace {
 
-template <class S>
-void check_finite(const Matrix<S>& m, const char* what) {
-  if (!m.allFinite()) fuzz::finding(std::string(what) + " holds NaN or Inf");
-}
-
 // Plans one layer from the loaded Grams (small ones only) and checks that everything is finite.
 template <class S>
 void plan_loaded(const HeadGram<S>& keys, const HeadGram<S>& values, Index groups) {
@@ -22,9 +17,9 @@ void plan_loaded(const HeadGram<S>& keys, const HeadGram<S>& values, Index group
   o.metric = keys.normalize_rows() ? Metric::Cosine : Metric::Distance;
   o.grouping.descents = 20;
   const LayerPlan<S> plan = plan_layer(keys, values, o);
-  check_finite(plan.similarity, "the similarity");
-  for (const auto& r : plan.key_rotations) check_finite(r, "a key rotation");
-  for (const auto& r : plan.value_rotations) check_finite(r, "a value rotation");
+  fuzz::check_finite(plan.similarity, "the similarity");
+  for (const auto& r : plan.key_rotations) fuzz::check_finite(r, "a key rotation");
+  for (const auto& r : plan.value_rotations) fuzz::check_finite(r, "a value rotation");
   for (const auto* e : {&plan.key_error, &plan.value_error})
     if (!std::isfinite(static_cast<double>(e->total)) || !std::isfinite(static_cast<double>(e->relative())))
       fuzz::finding("a predicted merge error is not finite");

@@ -20,9 +20,7 @@ using headalign::io::Dtype;
 
 namespace {
 
-std::string temp_file(const std::string& name) {
-  return (std::string(std::getenv("TMPDIR") ? std::getenv("TMPDIR") : "/tmp")) + "/headalign_st_" + name;
-}
+std::string temp_file(const std::string& name) { return test::temp_path("st_" + name); }
 
 // A file from a JSON header text and a data buffer.
 std::string make_file(const std::string& name, const std::string& header, const std::string& data,
