@@ -153,11 +153,12 @@ struct PreparedMerge {
 
 // Aligns the layer once and derives what the merge needs from it: the query metrics (when there
 // are query moments), the output metrics (when the weighting or an assessment needs them) and the
-// mixing matrices.
+// mixing matrices. The layer is taken by value: a caller that passes an rvalue lends its storage.
 template <class S>
-PreparedMerge<S> prepare_merge(const AttentionWeights<S>& w, const LayerPlan<S>& plan, const MergeOptions& merge,
+PreparedMerge<S> prepare_merge(AttentionWeights<S> layer, const LayerPlan<S>& plan, const MergeOptions& merge,
                                const HeadMoments<S>* queries, bool assess) {
-  PreparedMerge<S> p{w, {}, {}, {}};
+  PreparedMerge<S> p{std::move(layer), {}, {}, {}};
+  const AttentionWeights<S>& w = p.aligned;  // shapes only: the same before and after alignment
   apply_alignment(p.aligned, plan.order, plan.key_rotations, plan.value_rotations);
   if (queries) {
     HEADALIGN_CHECK(queries->num_heads() == w.num_heads && queries->head_dim() == w.head_dim,
@@ -210,10 +211,12 @@ MergeAssessment<S> assess_prepared(const HeadGram<S>& keys, const HeadGram<S>& v
 /// models, averaged over relative positions.
 /// @throws invalid_argument when the weighting needs query moments and none are given, or they
 ///         do not match the layer
+/// @note @p w is taken by value: `convert_layer(std::move(w), plan)` aligns in w's storage
+///       instead of a copy (the language bindings do so).
 template <class S>
-AttentionWeights<S> convert_layer(const AttentionWeights<S>& w, const LayerPlan<S>& plan, const MergeOptions& merge = {},
+AttentionWeights<S> convert_layer(AttentionWeights<S> w, const LayerPlan<S>& plan, const MergeOptions& merge = {},
                                   const HeadMoments<S>* queries = nullptr) {
-  const detail::PreparedMerge<S> p = detail::prepare_merge(w, plan, merge, queries, false);
+  const detail::PreparedMerge<S> p = detail::prepare_merge(std::move(w), plan, merge, queries, false);
   return merge_to_gqa(p.aligned, static_cast<Index>(plan.grouping.groups.size()), p.mixing);
 }
 
@@ -229,11 +232,12 @@ MergeAssessment<S> assess_merge(const HeadGram<S>& keys, const HeadGram<S>& valu
 
 /// @brief convert_layer() and assess_merge() together, aligning the layer and computing its
 /// metrics and mixing once: the aligned layer, the merged layer and the assessment.
+/// @p w is taken by value, as in convert_layer().
 template <class S>
-ConvertedLayer<S> convert_and_assess(const HeadGram<S>& keys, const HeadGram<S>& values, const AttentionWeights<S>& w,
+ConvertedLayer<S> convert_and_assess(const HeadGram<S>& keys, const HeadGram<S>& values, AttentionWeights<S> w,
                                      const LayerPlan<S>& plan, const MergeOptions& merge = {},
                                      const HeadMoments<S>* queries = nullptr) {
-  detail::PreparedMerge<S> p = detail::prepare_merge(w, plan, merge, queries, true);
+  detail::PreparedMerge<S> p = detail::prepare_merge(std::move(w), plan, merge, queries, true);
   ConvertedLayer<S> out;
   out.merged = merge_to_gqa(p.aligned, static_cast<Index>(plan.grouping.groups.size()), p.mixing);
   out.assessment = detail::assess_prepared(keys, values, plan, p);
