@@ -3,6 +3,8 @@
 # With clang (installed by install-deps.sh) the whole suite is built with AddressSanitizer +
 # UndefinedBehaviorSanitizer (HEADALIGN_SANITIZE), and the libFuzzer targets are built and run
 # for HEADALIGN_FUZZ_SECONDS each (default 10); without clang, a plain build of the same suite.
+# Then the Python package: a wheel built while the C++ tests run, installed into build/python/venv,
+# and its pytest suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install-deps.sh
@@ -16,4 +18,13 @@ if command -v clang++ >/dev/null 2>&1; then
 fi
 cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DHEADALIGN_BUILD_BENCHMARKS=OFF -DHEADALIGN_MINILM_DIR="$model" "${options[@]}"
 cmake --build "$build" -j "$(nproc)"
+./scripts/python-build.sh >build/python-build.out 2>build/python-build.log &
+python_build=$!
 OPENBLAS_NUM_THREADS=1 ctest --test-dir "$build" -j "$(nproc)" --output-on-failure
+if ! wait "$python_build"; then
+  cat build/python-build.log
+  echo "the Python package did not build" >&2
+  exit 1
+fi
+HEADALIGN_PROCRUSTES_NPY="$(pwd)/$build/examples/procrustes_npy" OPENBLAS_NUM_THREADS=1 \
+  "$(cat build/python-build.out)" -m pytest -q python/tests
