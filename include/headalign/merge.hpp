@@ -358,7 +358,7 @@ std::vector<Matrix<S>> output_metrics(const AttentionWeights<S>& w) {
     a[static_cast<std::size_t>(p / per)].template selfadjointView<Eigen::Lower>().rankUpdate(w.o.middleCols(p * d, d).transpose());
   for (auto& m : a) {
     m.template triangularView<Eigen::StrictlyUpper>() = m.transpose();
-    if (!m.allFinite()) detail::throw_overflow<S>("output_metrics");
+    if (!detail::all_finite(m)) detail::throw_overflow<S>("output_metrics");
   }
   return a;
 }
@@ -396,7 +396,7 @@ std::vector<Matrix<S>> query_metrics(const HeadMoments<S>& queries, Index num_kv
     a[static_cast<std::size_t>(p / per)] += rope ? rope_average(m, *rope) : m;
   }
   for (const auto& m : a)
-    if (!m.allFinite()) detail::throw_overflow<S>("query_metrics");
+    if (!detail::all_finite(m)) detail::throw_overflow<S>("query_metrics");
   return a;
 }
 

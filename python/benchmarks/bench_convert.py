@@ -145,11 +145,14 @@ def main():
           f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS')}, torch threads {torch.get_num_threads()}, "
           f"headalign with BLAS: {ha.with_blas}")
 
-    py, py_all = median_time(lambda: ha.convert_layer(q, k, v, o, num_heads=h, num_groups=g, keys=keys, values=values), args.repeats)
-    cpp_all = ha._core._time_cpp_convert(q, k, v, o, h, g, keys, values, args.repeats)
-    cpp = statistics.median(cpp_all)
+    # Python and C++ runs alternate, so that drifts of a shared machine hit both alike.
+    py_all, cpp_all = [], []
+    for _ in range(args.repeats):
+        py_all += median_time(lambda: ha.convert_layer(q, k, v, o, num_heads=h, num_groups=g, keys=keys, values=values), 1)[1]
+        cpp_all += ha._core._time_cpp_convert(q, k, v, o, h, g, keys, values, 1)
+    py, cpp = statistics.median(py_all), statistics.median(cpp_all)
     print(f"headalign.convert_layer (Python):  median {py:.3f} s  {['%.3f' % t for t in py_all]}")
-    print(f"C++ plan_layer + convert_layer:    median {cpp:.3f} s  {['%.3f' % t for t in cpp_all]}")
+    print(f"C++ (weights, plan_layer, convert_layer): median {cpp:.3f} s  {['%.3f' % t for t in cpp_all]}")
     print(f"Python / C++: {py / cpp:.3f}×")
     tq, tk, tv, to = (torch.from_numpy(a).double() for a in (q, k, v, o))
     kt = torch.from_numpy(keys_t).double().view(n, h, d)

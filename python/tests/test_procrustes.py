@@ -140,3 +140,18 @@ def test_parity_with_the_cpp_program(rng, tmp_path, alignment):
     r_cpp = np.load(tmp_path / "r.npy")
     r_py, _ = ha.procrustes(a.T @ b, getattr(ha.Alignment, alignment.upper()))
     np.testing.assert_allclose(r_py, r_cpp, atol=1e-12)
+
+
+def test_package_ships_stubs_and_docstrings():
+    import importlib.resources
+    import inspect
+
+    files = importlib.resources.files("headalign")
+    assert files.joinpath("py.typed").is_file()
+    stub = files.joinpath("_core.pyi").read_text()
+    for name in ("def procrustes(", "class HeadGram", "def convert_layer(", "def group_heads(", "class Alignment(enum.Enum)"):
+        assert name in stub
+    for name in ha.__all__:
+        obj = getattr(ha, name)
+        if callable(obj):
+            assert inspect.getdoc(obj), name
