@@ -200,24 +200,40 @@ inline bool is_double(nb::handle dtype) {
   detail::throw_invalid_argument("dtype must be float32 or float64, got '" + name + "'");
 }
 
-/// A HeadGram of either scalar, guarded by a mutex so that threads (which run with the GIL
-/// released) never add to or read one accumulator at the same time.
-struct Gram {
-  std::variant<HeadGram<float>, HeadGram<double>> g;
+/// A T<float> or T<double> (HeadGram, AttentionWeights), guarded by a mutex so that threads
+/// (which run with the GIL released) never use one object at the same time.
+template <template <class> class T>
+struct Guarded {
+  std::variant<T<float>, T<double>> value;
   std::unique_ptr<std::mutex> lock = std::make_unique<std::mutex>();
 
   template <class S>
-  explicit Gram(HeadGram<S>&& h) : g(std::move(h)) {}
+  explicit Guarded(T<S>&& v) : value(std::move(v)) {}
 
-  bool is_double() const { return g.index() == 1; }
+  bool is_double() const { return value.index() == 1; }
 
-  /// f(HeadGram<S>&) under the lock.
+  /// f(T<S>&) under the lock.
   template <class F>
   decltype(auto) visit(F&& f) {
     std::lock_guard<std::mutex> guard(*lock);
-    return std::visit(std::forward<F>(f), g);
+    return std::visit(std::forward<F>(f), value);
   }
 };
+
+using Gram = Guarded<HeadGram>;
+
+/// f() with the GIL released (f must not touch Python objects).
+template <class F>
+decltype(auto) without_gil(F&& f) {
+  nb::gil_scoped_release release;
+  return f();
+}
+
+/// An optional 1-D array as a vector of scalar S (empty when absent).
+template <class S>
+Vector<S> optional_vector(const std::optional<Array>& a, const char* what) {
+  return a ? vector<S>(*a, what) : Vector<S>();
+}
 
 /// The same visit over two Grams of one scalar type (ValueError otherwise); locks both in address order.
 template <class F>
@@ -233,8 +249,8 @@ decltype(auto) visit2(Gram& a, Gram& b, const char* what, F&& f) {
     first = std::unique_lock<std::mutex>(*lo->lock);
     second = std::unique_lock<std::mutex>(*hi->lock);
   }
-  if (a.is_double()) return f(std::get<1>(a.g), std::get<1>(b.g));
-  return f(std::get<0>(a.g), std::get<0>(b.g));
+  if (a.is_double()) return f(std::get<1>(a.value), std::get<1>(b.value));
+  return f(std::get<0>(a.value), std::get<0>(b.value));
 }
 
 /// Procrustes options from the Python keyword.

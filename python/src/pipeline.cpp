@@ -8,20 +8,7 @@ namespace {
 
 using namespace nb::literals;
 
-/// AttentionWeights of either scalar, guarded like Gram.
-struct Weights {
-  std::variant<AttentionWeights<float>, AttentionWeights<double>> w;
-  std::unique_ptr<std::mutex> lock = std::make_unique<std::mutex>();
-
-  template <class S>
-  explicit Weights(AttentionWeights<S>&& a) : w(std::move(a)) {}
-  bool is_double() const { return w.index() == 1; }
-  template <class F>
-  decltype(auto) visit(F&& f) {
-    std::lock_guard<std::mutex> guard(*lock);
-    return std::visit(std::forward<F>(f), w);
-  }
-};
+using Weights = Guarded<AttentionWeights>;
 
 /// LayerPlan of either scalar.
 struct Plan {
@@ -184,6 +171,9 @@ Converted convert_layer_py(const Array& q, const Array& k, const Array& v, const
                            MergeWeighting merge, double ridge, nb::handle dtype) {
   HEADALIGN_CHECK((keys == nullptr) == (values == nullptr), "convert_layer: give both keys and values HeadGrams, or neither (data-free)");
   const bool dbl = plan ? plan->is_double() : keys ? keys->is_double() : want_double(dtype, q);
+  if (!dtype.is_none() && is_double(dtype) != dbl)
+    detail::throw_invalid_argument(std::string("convert_layer: dtype differs from the ") + (plan ? "plan's" : "HeadGrams'") +
+                                   " dtype (" + (dbl ? "float64" : "float32") + "), which the computation uses");
   auto run = [&](auto tag) -> Converted {
     using S = typename decltype(tag)::type;
     AttentionWeights<S> w = make_weights<S>(q, k, v, o, num_heads, std::nullopt, std::nullopt, q_bias, k_bias, v_bias, o_bias);
@@ -194,6 +184,8 @@ Converted convert_layer_py(const Array& q, const Array& k, const Array& v, const
     if (plan) {
       if (plan->is_double() != std::is_same<S, double>::value) detail::throw_invalid_argument("convert_layer: the plan's dtype differs from the computation's");
       lp = &std::get<LayerPlan<S>>(plan->p);
+      HEADALIGN_CHECK(static_cast<Index>(lp->grouping.groups.size()) == num_groups,
+                      "convert_layer: num_groups (" << num_groups << ") differs from the plan's " << lp->grouping.groups.size() << " groups");
     } else if (keys) {
       if (keys->is_double() != std::is_same<S, double>::value || values->is_double() != keys->is_double())
         detail::throw_invalid_argument("convert_layer: the key and value HeadGrams must both have the computation's dtype");
@@ -327,14 +319,8 @@ void bind_pipeline(nb::module_& m) {
         [](Weights& w, Index num_groups, std::optional<Array> key_weights, std::optional<Array> value_weights) {
           return w.visit([&](auto& a) {
             using S = typename std::decay_t<decltype(a)>::Scalar;
-            const Vector<S> kw = key_weights ? vector<S>(*key_weights, "key_weights") : Vector<S>();
-            const Vector<S> vw = value_weights ? vector<S>(*value_weights, "value_weights") : Vector<S>();
-            AttentionWeights<S> out;
-            {
-              nb::gil_scoped_release release;
-              out = merge_to_gqa(a, num_groups, kw, vw);
-            }
-            return Weights(std::move(out));
+            const Vector<S> kw = optional_vector<S>(key_weights, "key_weights"), vw = optional_vector<S>(value_weights, "value_weights");
+            return Weights(without_gil([&] { return merge_to_gqa(a, num_groups, kw, vw); }));
           });
         },
         "weights"_a, "num_groups"_a, "key_weights"_a = nb::none(), "value_weights"_a = nb::none(),
@@ -355,13 +341,8 @@ void bind_pipeline(nb::module_& m) {
           return g.visit([&](auto& x) {
             using S = typename std::decay_t<decltype(x)>::Scalar;
             const auto r = rotations_or_empty<S>(rotations, "rotations");
-            const Vector<S> wt = weights ? vector<S>(*weights, "weights") : Vector<S>();
-            MergeError<S> e;
-            {
-              nb::gil_scoped_release release;
-              e = predicted_merge_error(x, groups, r, wt);
-            }
-            return to_python(std::move(e));
+            const Vector<S> wt = optional_vector<S>(weights, "weights");
+            return to_python(without_gil([&] { return predicted_merge_error(x, groups, r, wt); }));
           });
         },
         "gram"_a, "groups"_a, "rotations"_a = nb::none(), "weights"_a = nb::none(),
@@ -434,7 +415,8 @@ void bind_pipeline(nb::module_& m) {
         "([H·d, hidden], [H·d, hidden], [H·d, hidden], [hidden, H·d]; NumPy or PyTorch CPU, any float dtype).\n"
         "keys/values: HeadGrams of the layer's pre-RoPE key and value activations (calibration); without\n"
         "them the plan is data-free (HeadGram.from_weights). plan: reuse a LayerPlan instead of planning.\n"
-        "Computes in the Grams' (or plan's) dtype, else float64 for float64 q, float32 otherwise.\n"
+        "Computes in the Grams' (or plan's) dtype (a dtype argument that disagrees is a ValueError), else\n"
+        "in dtype, else float64 for float64 q and float32 otherwise.\n"
         "Returns ConvertedLayer(weights, plan); query head p of the result is old head plan.order[p].");
 
   m.def("_time_cpp_convert", &time_cpp_convert, "q"_a, "k"_a, "v"_a, "o"_a, "num_heads"_a, "num_groups"_a, "keys"_a, "values"_a,

@@ -266,6 +266,11 @@ def test_convert_layer_errors(rng):
         ha.convert_layer(q, k, v, o, num_heads=4, num_groups=2, keys=keys)  # values missing
     with pytest.raises(ValueError, match="no tokens"):
         ha.convert_layer(q, k, v, o, num_heads=4, num_groups=2, keys=keys, values=ha.HeadGram(4, 8))
+    plan = ha.convert_layer(q, k, v, o, num_heads=4, num_groups=2).plan
+    with pytest.raises(ValueError, match="plan"):
+        ha.convert_layer(q, k, v, o, num_heads=4, num_groups=4, plan=plan)
+    with pytest.raises(ValueError, match="dtype"):
+        ha.convert_layer(q.astype(np.float32), k, v, o, num_heads=4, num_groups=2, plan=plan, dtype="float32")
     nan = v.copy()
     nan[3, 3] = np.nan
     with pytest.raises(ValueError):
