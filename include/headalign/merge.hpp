@@ -358,7 +358,7 @@ std::vector<Matrix<S>> output_metrics(const AttentionWeights<S>& w) {
     a[static_cast<std::size_t>(p / per)].template selfadjointView<Eigen::Lower>().rankUpdate(w.o.middleCols(p * d, d).transpose());
   for (auto& m : a) {
     m.template triangularView<Eigen::StrictlyUpper>() = m.transpose();
-    if (!detail::all_finite(m)) detail::throw_overflow<S>("output_metrics");
+    detail::check_no_overflow<S>("output_metrics", m);
   }
   return a;
 }
@@ -395,8 +395,7 @@ std::vector<Matrix<S>> query_metrics(const HeadMoments<S>& queries, Index num_kv
     if (!rotations.empty()) m = rotations[static_cast<std::size_t>(p)].transpose() * m * rotations[static_cast<std::size_t>(p)];
     a[static_cast<std::size_t>(p / per)] += rope ? rope_average(m, *rope) : m;
   }
-  for (const auto& m : a)
-    if (!detail::all_finite(m)) detail::throw_overflow<S>("query_metrics");
+  for (const auto& m : a) detail::check_no_overflow<S>("query_metrics", m);
   return a;
 }
 
@@ -429,7 +428,7 @@ std::vector<Matrix<S>> mixing_from_metrics(const std::vector<Matrix<S>>& metrics
     Matrix<S> sum = Matrix<S>::Zero(d, d);
     for (Index u = g * k; u < (g + 1) * k; ++u) sum += metrics[static_cast<std::size_t>(u)];
     const S trace = sum.trace();
-    if (!sum.allFinite() || !std::isfinite(static_cast<double>(trace))) detail::throw_overflow<S>("mixing_from_metrics");
+    if (!detail::all_finite(sum) || !std::isfinite(static_cast<double>(trace))) detail::throw_overflow<S>("mixing_from_metrics");
     if (!(trace > S(0))) {
       for (Index u = g * k; u < (g + 1) * k; ++u) mix[static_cast<std::size_t>(u)] = Matrix<S>::Identity(d, d) / static_cast<S>(k);
       continue;
@@ -443,7 +442,7 @@ std::vector<Matrix<S>> mixing_from_metrics(const std::vector<Matrix<S>>& metrics
       Matrix<S> a = metrics[static_cast<std::size_t>(u)];
       a.diagonal().array() += lambda;
       mix[static_cast<std::size_t>(u)] = llt.solve(a);
-      if (!mix[static_cast<std::size_t>(u)].allFinite()) detail::throw_overflow<S>("mixing_from_metrics");
+      detail::check_no_overflow<S>("mixing_from_metrics", mix[static_cast<std::size_t>(u)]);
     }
   }
   return mix;
