@@ -105,14 +105,20 @@ StridedMap<T> view2(const Array& a) {
                        Eigen::Stride<Eigen::Dynamic, Eigen::Dynamic>(a.stride(1), a.stride(0)));
 }
 
-/// A 2-D array as an owned matrix of scalar S (a copy, converted).
+/// A 2-D array as an owned Eigen matrix of type M (a copy, converted to M's scalar and storage order).
+template <class M>
+M converted(const Array& a, const char* what) {
+  check_ndim(a, 2, what);
+  return with_element(dtype_of(a, what), [&](auto tag) -> M {
+    using T = typename decltype(tag)::type;
+    return view2<T>(a).template cast<typename M::Scalar>();
+  });
+}
+
+/// A 2-D array as an owned column-major matrix of scalar S.
 template <class S>
 Matrix<S> matrix(const Array& a, const char* what) {
-  check_ndim(a, 2, what);
-  return with_element(dtype_of(a, what), [&](auto tag) -> Matrix<S> {
-    using T = typename decltype(tag)::type;
-    return view2<T>(a).template cast<S>();
-  });
+  return converted<Matrix<S>>(a, what);
 }
 
 /// A 1-D or 2-D array as an owned column-major matrix of scalar S (a vector is one column).
@@ -169,14 +175,16 @@ nb::object to_numpy(Vector<S>&& v) {
   return nb::ndarray<nb::numpy, S>(owned->data(), {static_cast<std::size_t>(owned->size())}, owner).cast();
 }
 
-/// k equally sized square matrices as one C-ordered NumPy array [k, rows, cols] (a copy).
+/// k equally sized matrices as one C-ordered NumPy array [k, rows, cols] (a copy; [0, 0, 0] for none).
 template <class S>
-nb::object to_numpy(const std::vector<Matrix<S>>& ms, Index rows, Index cols) {
-  const std::size_t k = ms.size(), r = static_cast<std::size_t>(rows), c = static_cast<std::size_t>(cols);
+nb::object stack(const std::vector<Matrix<S>>& ms) {
+  const std::size_t k = ms.size(), r = k ? static_cast<std::size_t>(ms.front().rows()) : 0,
+                    c = k ? static_cast<std::size_t>(ms.front().cols()) : 0;
   auto* owned = new std::vector<S>(k * r * c);
   nb::capsule owner(owned, [](void* p) noexcept { delete static_cast<std::vector<S>*>(p); });
   for (std::size_t t = 0; t < k; ++t)
-    Eigen::Map<Eigen::Matrix<S, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>(owned->data() + t * r * c, rows, cols) = ms[t];
+    Eigen::Map<Eigen::Matrix<S, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>(owned->data() + t * r * c, static_cast<Index>(r),
+                                                                                 static_cast<Index>(c)) = ms[t];
   return nb::ndarray<nb::numpy, S>(owned->data(), {k, r, c}, owner).cast();
 }
 
@@ -269,8 +277,15 @@ struct PyGpaResult {
 };
 
 template <class S>
-PyGpaResult to_python(const GpaResult<S>& r, Index d) {
-  return {to_numpy(r.rotations, d, d), r.iterations, r.converged, static_cast<double>(r.objective)};
+PyGpaResult to_python(const GpaResult<S>& r) {
+  return {stack(r.rotations), r.iterations, r.converged, static_cast<double>(r.objective)};
+}
+
+template <class S>
+std::vector<PyGpaResult> to_python(const std::vector<GpaResult<S>>& results) {
+  std::vector<PyGpaResult> out;
+  for (const auto& r : results) out.push_back(to_python(r));
+  return out;
 }
 
 void bind_pipeline(nb::module_& m);

@@ -20,11 +20,7 @@ nb::object procrustes_py(const Array& m, Alignment alignment, const RopeSpec& ro
   return with_scalar(dtype_of(m, "procrustes: M"), [&](auto tag) -> nb::object {
     using S = typename decltype(tag)::type;
     Matrix<S> mm = matrix<S>(m, "procrustes: M");
-    ProcrustesResult<S> r;
-    {
-      nb::gil_scoped_release release;
-      r = procrustes(mm, alignment, rope, polar_options(method));
-    }
+    auto r = without_gil([&] { return procrustes(mm, alignment, rope, polar_options(method)); });
     return nb::make_tuple(to_numpy(std::move(r.rotation)), static_cast<double>(r.score));
   });
 }
@@ -48,11 +44,7 @@ nb::object orthogonal_procrustes_py(const Array& a, const Array& b, PolarMethod 
   return with_scalar(t, [&](auto tag) -> nb::object {
     using S = typename decltype(tag)::type;
     const Matrix<S> ma = matrix<S>(a, "orthogonal_procrustes: A"), mb = matrix<S>(b, "orthogonal_procrustes: B");
-    ProcrustesResult<S> r;
-    {
-      nb::gil_scoped_release release;
-      r = orthogonal_procrustes(ma, mb, polar_options(method));
-    }
+    auto r = without_gil([&] { return orthogonal_procrustes(ma, mb, polar_options(method)); });
     return nb::make_tuple(to_numpy(std::move(r.rotation)), static_cast<double>(r.score));
   });
 }
@@ -185,11 +177,7 @@ Gram gram_from_weights(const Array& w, Index num_heads, Index head_dim, nb::hand
 nb::object similarity_py(Gram& g, Alignment alignment, Metric metric, const RopeSpec& rope, PolarMethod method) {
   return g.visit([&](auto& gram) -> nb::object {
     using S = typename std::decay_t<decltype(gram)>::Scalar;
-    Matrix<S> out;
-    {
-      nb::gil_scoped_release release;
-      out = similarity_matrix(gram, alignment, metric, rope, polar_options(method));
-    }
+    auto out = without_gil([&] { return similarity_matrix(gram, alignment, metric, rope, polar_options(method)); });
     return to_numpy(std::move(out));
   });
 }
@@ -198,11 +186,7 @@ nb::object joint_similarity_py(Gram& keys, Gram& values, Alignment key_alignment
                                const RopeSpec& rope, PolarMethod method) {
   return visit2(keys, values, "joint_similarity", [&](auto& k, auto& v) -> nb::object {
     using S = typename std::decay_t<decltype(k)>::Scalar;
-    Matrix<S> out;
-    {
-      nb::gil_scoped_release release;
-      out = joint_similarity(k, key_alignment, v, value_alignment, metric, rope, polar_options(method));
-    }
+    auto out = without_gil([&] { return joint_similarity(k, key_alignment, v, value_alignment, metric, rope, polar_options(method)); });
     return to_numpy(std::move(out));
   });
 }
@@ -244,12 +228,8 @@ PyGpaResult align_group_py(Gram& g, const std::vector<Index>& heads, Alignment a
   o.procrustes = polar_options(method);
   return g.visit([&](auto& gram) {
     using S = typename std::decay_t<decltype(gram)>::Scalar;
-    GpaResult<S> r;
-    {
-      nb::gil_scoped_release release;
-      r = align_group(gram, heads, alignment, rope, o);
-    }
-    return to_python(r, gram.head_dim());
+    auto r = without_gil([&] { return align_group(gram, heads, alignment, rope, o); });
+    return to_python(r);
   });
 }
 

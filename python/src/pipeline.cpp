@@ -10,13 +10,7 @@ using namespace nb::literals;
 
 using Weights = Guarded<AttentionWeights>;
 
-/// LayerPlan of either scalar.
-struct Plan {
-  std::variant<LayerPlan<float>, LayerPlan<double>> p;
-  template <class S>
-  explicit Plan(LayerPlan<S>&& l) : p(std::move(l)) {}
-  bool is_double() const { return p.index() == 1; }
-};
+using Plan = Guarded<LayerPlan>;  // read-only after planning; the lock is never contended
 
 struct PyMergeError {
   nb::object per_head, per_group;
@@ -34,18 +28,6 @@ struct Converted {
   nb::object weights;  // Weights
   nb::object plan;     // Plan
 };
-
-template <class S, class T>
-typename AttentionWeights<S>::Rows rows_of(const Array& a, const char* what) {
-  check_ndim(a, 2, what);
-  return view2<T>(a).template cast<S>();
-}
-
-template <class S>
-typename AttentionWeights<S>::Vec bias_of(const std::optional<Array>& a, const char* what) {
-  if (!a) return {};
-  return vector<S>(*a, what);
-}
 
 /// An AttentionWeights<S> from Hugging Face-layout arrays: q [H·d, hidden], k and v [Hkv·d, hidden],
 /// o [hidden, H·d] (each read once, converted to S).
@@ -73,18 +55,15 @@ AttentionWeights<S> make_weights(const Array& q, const Array& k, const Array& v,
     HEADALIGN_CHECK(k_rows % w.head_dim == 0, "k has " << k_rows << " rows, not a multiple of head_dim (" << w.head_dim << ")");
     w.num_kv_heads = k_rows / w.head_dim;
   }
-  auto fill = [&](auto tag, const Array& a, typename AttentionWeights<S>::Rows& dst, const char* name) {
-    using T = typename decltype(tag)::type;
-    dst = rows_of<S, T>(a, name);
-  };
-  const std::pair<const Array*, typename AttentionWeights<S>::Rows*> parts[] = {{&q, &w.q}, {&k, &w.k}, {&v, &w.v}, {&o, &w.o}};
-  const char* names[] = {"q", "k", "v", "o"};
-  for (int i = 0; i < 4; ++i)
-    with_element(dtype_of(*parts[i].first, names[i]), [&](auto tag) { fill(tag, *parts[i].first, *parts[i].second, names[i]); });
-  w.q_bias = bias_of<S>(q_bias, "q_bias");
-  w.k_bias = bias_of<S>(k_bias, "k_bias");
-  w.v_bias = bias_of<S>(v_bias, "v_bias");
-  w.o_bias = bias_of<S>(o_bias, "o_bias");
+  using Rows = typename AttentionWeights<S>::Rows;
+  w.q = converted<Rows>(q, "q");
+  w.k = converted<Rows>(k, "k");
+  w.v = converted<Rows>(v, "v");
+  w.o = converted<Rows>(o, "o");
+  w.q_bias = optional_vector<S>(q_bias, "q_bias");
+  w.k_bias = optional_vector<S>(k_bias, "k_bias");
+  w.v_bias = optional_vector<S>(v_bias, "v_bias");
+  w.o_bias = optional_vector<S>(o_bias, "o_bias");
   w.validate();
   return w;
 }
@@ -183,26 +162,22 @@ Converted convert_layer_py(const Array& q, const Array& k, const Array& v, const
     const LayerPlan<S>* lp = nullptr;
     if (plan) {
       if (plan->is_double() != std::is_same<S, double>::value) detail::throw_invalid_argument("convert_layer: the plan's dtype differs from the computation's");
-      lp = &std::get<LayerPlan<S>>(plan->p);
+      lp = &std::get<LayerPlan<S>>(plan->value);
       HEADALIGN_CHECK(static_cast<Index>(lp->grouping.groups.size()) == num_groups,
                       "convert_layer: num_groups (" << num_groups << ") differs from the plan's " << lp->grouping.groups.size() << " groups");
     } else if (keys) {
       if (keys->is_double() != std::is_same<S, double>::value || values->is_double() != keys->is_double())
         detail::throw_invalid_argument("convert_layer: the key and value HeadGrams must both have the computation's dtype");
       own_plan.emplace(plan_layer_py(*keys, *values, a));
-      lp = &std::get<LayerPlan<S>>(own_plan->p);
+      lp = &std::get<LayerPlan<S>>(own_plan->value);
     } else {
       HEADALIGN_CHECK(w.num_kv_heads == w.num_heads, "convert_layer: data-free conversion needs an MHA layer (num_kv_heads = num_heads)");
       nb::gil_scoped_release release;
       const HeadGram<S> gk = HeadGram<S>::from_weights(w.k, w.num_heads, w.head_dim), gv = HeadGram<S>::from_weights(w.v, w.num_heads, w.head_dim);
       own_plan.emplace(plan_layer(gk, gv, a.options()));
-      lp = &std::get<LayerPlan<S>>(own_plan->p);
+      lp = &std::get<LayerPlan<S>>(own_plan->value);
     }
-    AttentionWeights<S> merged;
-    {
-      nb::gil_scoped_release release;
-      merged = convert_layer(std::move(w), *lp, merge_options(merge, ridge));
-    }
+    auto merged = without_gil([&] { return convert_layer(std::move(w), *lp, merge_options(merge, ridge)); });
     Converted out;
     out.weights = nb::cast(Weights(std::move(merged)));
     out.plan = own_plan ? nb::cast(std::move(*own_plan)) : nb::cast(plan, nb::rv_policy::reference);
@@ -350,27 +325,22 @@ void bind_pipeline(nb::module_& m) {
         "heads; rotations per original head index [H, d, d] (None: identity, the mean-pool baseline).");
 
   nb::class_<Plan>(m, "LayerPlan", "How one layer is converted: groups, order and per-head rotations (plan_layer()).")
-      .def_prop_ro("grouping", [](Plan& p) { return std::visit([](auto& l) { return l.grouping; }, p.p); })
-      .def_prop_ro("similarity", [](Plan& p) { return std::visit([](auto& l) { return to_numpy(Matrix<typename std::decay_t<decltype(l.similarity)>::Scalar>(l.similarity)); }, p.p); },
+      .def_prop_ro("grouping", [](Plan& p) { return p.visit([](auto& l) { return l.grouping; }); })
+      .def_prop_ro("similarity", [](Plan& p) { return p.visit([](auto& l) { return to_numpy(Matrix<typename std::decay_t<decltype(l.similarity)>::Scalar>(l.similarity)); }); },
                    "the H × H similarity that grouped the heads (empty for GroupBy.NONE)")
-      .def_prop_ro("order", [](Plan& p) { return std::visit([](auto& l) { return l.order; }, p.p); },
+      .def_prop_ro("order", [](Plan& p) { return p.visit([](auto& l) { return l.order; }); },
                    "new head p is old head order[p] (the groups concatenated)")
-      .def_prop_ro("key_rotations", [](Plan& p) {
-        return std::visit([](auto& l) { return to_numpy(l.key_rotations, l.key_rotations.empty() ? 0 : l.key_rotations[0].rows(), l.key_rotations.empty() ? 0 : l.key_rotations[0].cols()); }, p.p);
-      }, "[H, d, d] per new head")
-      .def_prop_ro("value_rotations", [](Plan& p) {
-        return std::visit([](auto& l) { return to_numpy(l.value_rotations, l.value_rotations.empty() ? 0 : l.value_rotations[0].rows(), l.value_rotations.empty() ? 0 : l.value_rotations[0].cols()); }, p.p);
-      }, "[H, d, d] per new head")
-      .def_prop_ro("key_gpa", [](Plan& p) {
-        return std::visit([](auto& l) { std::vector<PyGpaResult> out; for (const auto& r : l.key_gpa) out.push_back(to_python(r, r.rotations.empty() ? 0 : r.rotations[0].rows())); return out; }, p.p);
-      }, "per group: iterations, converged, objective")
-      .def_prop_ro("value_gpa", [](Plan& p) {
-        return std::visit([](auto& l) { std::vector<PyGpaResult> out; for (const auto& r : l.value_gpa) out.push_back(to_python(r, r.rotations.empty() ? 0 : r.rotations[0].rows())); return out; }, p.p);
-      })
-      .def_prop_ro("key_error", [](Plan& p) { return std::visit([](auto& l) { return to_python(l.key_error); }, p.p); },
+      .def_prop_ro("key_rotations", [](Plan& p) { return p.visit([](auto& l) { return stack(l.key_rotations); }); },
+                   "[H, d, d] per new head")
+      .def_prop_ro("value_rotations", [](Plan& p) { return p.visit([](auto& l) { return stack(l.value_rotations); }); },
+                   "[H, d, d] per new head")
+      .def_prop_ro("key_gpa", [](Plan& p) { return p.visit([](auto& l) { return to_python(l.key_gpa); }); },
+                   "per group: iterations, converged, objective")
+      .def_prop_ro("value_gpa", [](Plan& p) { return p.visit([](auto& l) { return to_python(l.value_gpa); }); })
+      .def_prop_ro("key_error", [](Plan& p) { return p.visit([](auto& l) { return to_python(l.key_error); }); },
                    "predicted merge error of the keys (from the key Gram)")
-      .def_prop_ro("value_error", [](Plan& p) { return std::visit([](auto& l) { return to_python(l.value_error); }, p.p); })
-      .def_prop_ro("converged", [](Plan& p) { return std::visit([](auto& l) { return l.converged(); }, p.p); },
+      .def_prop_ro("value_error", [](Plan& p) { return p.visit([](auto& l) { return to_python(l.value_error); }); })
+      .def_prop_ro("converged", [](Plan& p) { return p.visit([](auto& l) { return l.converged(); }); },
                    "whether every GPA converged")
       .def_prop_ro("dtype", [](Plan& p) { return numpy_dtype(p.is_double() ? "float64" : "float32"); });
 
