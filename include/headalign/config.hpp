@@ -3,11 +3,14 @@
 #ifndef HEADALIGN_CONFIG_HPP
 #define HEADALIGN_CONFIG_HPP
 
+#include "errors.hpp"
+
 #include <Eigen/Core>
 
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 #define HEADALIGN_VERSION_MAJOR 0
 #define HEADALIGN_VERSION_MINOR 1
@@ -16,8 +19,9 @@
 
 namespace headalign {
 
-/// Index type of every size and position (Eigen's signed index).
-using Index = Eigen::Index;
+// Index (errors.hpp) is std::ptrdiff_t, Eigen's default index type.
+static_assert(std::is_same<Eigen::Index, Index>::value,
+              "headalign: Eigen::Index must be std::ptrdiff_t (do not redefine EIGEN_DEFAULT_DENSE_INDEX_TYPE)");
 
 /// Dense column-major matrix of scalar @p S.
 template <class S>
@@ -26,18 +30,6 @@ using Matrix = Eigen::Matrix<S, Eigen::Dynamic, Eigen::Dynamic>;
 /// Dense column vector of scalar @p S.
 template <class S>
 using Vector = Eigen::Matrix<S, Eigen::Dynamic, 1>;
-
-/// @brief Misuse of the API: shapes, divisibility, non-finite values, empty data, bad options.
-class invalid_argument : public std::invalid_argument {
- public:
-  using std::invalid_argument::invalid_argument;
-};
-
-/// @brief A file could not be read or written, or its content is malformed.
-class io_error : public std::runtime_error {
- public:
-  using std::runtime_error::runtime_error;
-};
 
 /// @brief Outcome of an iterative computation (as Spectra's CompInfo).
 enum class CompInfo {
@@ -48,14 +40,6 @@ enum class CompInfo {
 };
 
 namespace detail {
-
-[[noreturn]] inline void throw_invalid_argument(const std::string& message) {
-  throw ::headalign::invalid_argument("headalign: " + message);
-}
-
-[[noreturn]] inline void throw_io_error(const std::string& message) {
-  throw ::headalign::io_error("headalign: " + message);
-}
 
 /// Whether every coefficient of @p m is finite. x·0 is 0 for finite x and NaN for ±Inf or NaN,
 /// so one vectorised sum decides (Eigen's allFinite() is an unvectorised element-wise test and
@@ -77,17 +61,6 @@ void check_finite(const Eigen::DenseBase<Derived>& m, const char* what) {
 
 }  // namespace detail
 }  // namespace headalign
-
-/// Always-on argument check: throws headalign::invalid_argument with the streamed message.
-/// Usage: HEADALIGN_CHECK(h % g == 0, "num_heads (" << h << ") is not divisible by num_groups (" << g << ")");
-#define HEADALIGN_CHECK(cond, msg)                                   \
-  do {                                                               \
-    if (!(cond)) {                                                   \
-      std::ostringstream headalign_check_os;                         \
-      headalign_check_os << msg;                                     \
-      ::headalign::detail::throw_invalid_argument(headalign_check_os.str()); \
-    }                                                                \
-  } while (false)
 
 /// Internal invariant, compiled out under NDEBUG.
 #ifdef NDEBUG

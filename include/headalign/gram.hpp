@@ -242,6 +242,37 @@ class HeadGram {
     return g;
   }
 
+  /// @brief Statistics accumulated elsewhere: the lower triangle of an (H·d) × (H·d) Gram
+  /// \f$ G = \sum_t x_t x_t^\top \f$ over @p tokens rows (for example a cuda::DeviceGram copied to
+  /// the host). Only the lower triangle of @p gram is read.
+  /// @throws invalid_argument for a wrong shape, negative tokens, NaN/Inf in the lower triangle, a
+  /// negative diagonal entry, or an off-diagonal entry larger than the Cauchy–Schwarz bound allows
+  /// by more than 0.1 % plus round-off (|G_ab| ≤ √(G_aa G_bb)).
+  template <class Derived>
+  static HeadGram from_gram(const Eigen::MatrixBase<Derived>& gram, Index num_heads, Index head_dim, Index tokens,
+                            bool normalize_rows = false) {
+    HeadGram g(num_heads, head_dim, normalize_rows);
+    HEADALIGN_CHECK(gram.rows() == g.dim() && gram.cols() == g.dim(),
+                    "the Gram is " << gram.rows() << " × " << gram.cols() << ", expected (num_heads · head_dim)² = "
+                                   << g.dim() << " × " << g.dim());
+    HEADALIGN_CHECK(tokens >= 0, "tokens (" << tokens << ") must not be negative");
+    g.g_.template triangularView<Eigen::Lower>() = gram.template cast<S>().template triangularView<Eigen::Lower>();
+    HEADALIGN_CHECK(detail::all_finite(g.g_.template triangularView<Eigen::Lower>().toDenseMatrix()),
+                    "the Gram contains NaN or Inf");
+    const Vector<S> diag = g.g_.diagonal();
+    HEADALIGN_CHECK((diag.array() >= S(0)).all(), "the Gram has a negative diagonal entry (not a Gram of real rows)");
+    // Accumulation round-off is below γ_n √(G_aa G_bb); the slack is far looser: this catches garbage, not rounding.
+    const S slack = S(1.001) + S(64) * std::numeric_limits<S>::epsilon() * static_cast<S>(std::max<Index>(tokens, 1));
+    for (Index c = 0; c < g.dim(); ++c)
+      for (Index r = c + 1; r < g.dim(); ++r)
+        HEADALIGN_CHECK(std::abs(g.g_(r, c)) <= slack * std::sqrt(diag(r)) * std::sqrt(diag(c)),
+                        "Gram entry (" << r << ", " << c << ") = " << g.g_(r, c)
+                                       << " exceeds the Cauchy–Schwarz bound √(G_aa G_bb) (not a Gram of real rows)");
+    g.tokens_ = tokens;
+    g.bound_ = g.dim() ? static_cast<double>(diag.maxCoeff()) : 0.0;
+    return g;
+  }
+
   /// @brief Writes the statistics as a safetensors file (tensor "gram" [H·d, H·d], metadata
   /// format = "headalign.HeadGram", num_heads, head_dim, tokens, normalize_rows), atomically.
   /// @throws io_error when the file cannot be written
