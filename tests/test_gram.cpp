@@ -114,6 +114,52 @@ TEMPLATE_TEST_CASE("merging two half accumulators equals one accumulator over al
   CHECK_THROWS_WITH(plain.merge(normed), Catch::Contains("normalize_rows"));
 }
 
+TEMPLATE_TEST_CASE("from_gram takes a Gram accumulated elsewhere and reads only its lower triangle", "[gram]", float,
+                   double) {
+  using S = TestType;
+  std::mt19937_64 rng(29);
+  const Index h = 3, d = 4, n = 90;
+  const Matrix<S> x = gaussian<S>(n, h * d, rng);
+  for (bool norm : {false, true}) {
+    HeadGram<S> direct(h, d, norm);
+    direct.add(x);
+    Matrix<S> stored = direct.gram();
+    stored.template triangularView<Eigen::StrictlyUpper>().setConstant(S(-1e30));  // garbage above: ignored
+    const HeadGram<S> g = HeadGram<S>::from_gram(stored, h, d, n, norm);
+    CHECK(g.tokens() == n);
+    CHECK(g.normalize_rows() == norm);
+    CHECK(g.gram() == direct.gram());
+    const Matrix<double> rows = norm ? normalized_rows(x.template cast<double>(), h, d) : x.template cast<double>();
+    CHECK(max_block_error(g, rows) < tol<S>(n, 10.0));
+    // It accumulates and merges like any other accumulator.
+    HeadGram<S> more = HeadGram<S>::from_gram(stored, h, d, n, norm);
+    more.add(x);
+    HeadGram<S> twice(h, d, norm);
+    twice.add(x);
+    twice.add(x);
+    CHECK((more.gram() - twice.gram()).cwiseAbs().maxCoeff() < tol<S>(2 * n, 10.0));
+  }
+  const Matrix<S> good = [&] {
+    HeadGram<S> g(h, d);
+    g.add(x);
+    return g.gram();
+  }();
+  CHECK_THROWS_WITH(HeadGram<S>::from_gram(good.topLeftCorner(h * d - 1, h * d - 1), h, d, n), Catch::Contains("expected"));
+  CHECK_THROWS_AS(HeadGram<S>::from_gram(good, h, d, -1), headalign::invalid_argument);
+  Matrix<S> bad = good;
+  bad(5, 2) = std::numeric_limits<S>::quiet_NaN();
+  CHECK_THROWS_WITH(HeadGram<S>::from_gram(bad, h, d, n), Catch::Contains("NaN"));
+  bad = good;
+  bad(3, 3) = S(-1);
+  CHECK_THROWS_WITH(HeadGram<S>::from_gram(bad, h, d, n), Catch::Contains("negative diagonal"));
+  bad = good;
+  bad(7, 1) = S(2) * std::sqrt(good(7, 7) * good(1, 1));
+  CHECK_THROWS_WITH(HeadGram<S>::from_gram(bad, h, d, n), Catch::Contains("Cauchy"));
+  bad = good;
+  bad(1, 7) = S(2) * std::sqrt(good(7, 7) * good(1, 1));  // upper triangle: not read
+  CHECK_NOTHROW(HeadGram<S>::from_gram(bad, h, d, n));
+}
+
 TEMPLATE_TEST_CASE("from_activations reads the reference's [H, n, d] layout", "[gram]", float, double) {
   using S = TestType;
   std::mt19937_64 rng(24);

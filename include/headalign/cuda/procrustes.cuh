@@ -59,9 +59,11 @@ struct PolarOptions {
   int max_iterations = 0;
   /// Check the input for NaN/Inf (throwing invalid_argument before writing any output),
   /// check convergence and measure ‖RᵀR − I‖_F: the call then waits for the stream. Without it
-  /// the work is only queued on the stream (`NewtonSchulz` runs the schedule + 2 steps).
+  /// the work is only queued on the stream (`NewtonSchulz` runs the schedule + 2 steps), and a
+  /// matrix holding NaN/Inf gets R = 0 and score 0 from `NewtonSchulz` (garbage from gesvdj).
   bool verify = true;
-  /// With verify: `NewtonSchulz` matrices that did not converge are recomputed by gesvdj.
+  /// With verify: `NewtonSchulz` matrices that did not converge are recomputed by gesvdj (at
+  /// cuSOLVER's default tolerance). `Rope` reports a non-rotary block that did not converge.
   bool fallback = true;
   /// Scratch memory per pass (matrices are processed in chunks that fit it).
   std::size_t scratch_bytes = std::size_t(1) << 30;

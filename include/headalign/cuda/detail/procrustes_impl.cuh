@@ -223,7 +223,6 @@ class Pass {
     const unsigned blocks = static_cast<unsigned>(count_);
     scaled_start<S><<<blocks, kThreads, 0, stream_>>>(m_, first_, x_.data(), d_, bad_);
     HEADALIGN_CUDA_CHECK_LAUNCH("scaled_start");
-    if (o_.verify) check_inputs(to_host(bad_ + first_, count_, stream_), first_);
     cublasHandle_t h = ctx_.blas(stream_);
     const int d = static_cast<int>(d_), c = static_cast<int>(count_);
     S* xs = x_.data();
@@ -241,7 +240,8 @@ class Pass {
     const std::vector<double> alphas = schedule<S>(o_);
     const int limit = o_.max_iterations > 0 ? o_.max_iterations : static_cast<int>(alphas.size()) + 40;
     const int closing = 2;  // FP32 steps at the end of a TF32 run
-    for (std::size_t k = 0; k < alphas.size() && steps < limit; ++k)
+    // Scheduled steps, leaving room for at least one measured step under verify.
+    for (std::size_t k = 0; k < alphas.size() && steps < (o_.verify ? limit - 1 : limit); ++k)
       step(alphas[k], o_.tf32 && static_cast<int>(alphas.size() - k) > closing);
     std::vector<double> errors;
     if (!o_.verify) {
@@ -259,11 +259,12 @@ class Pass {
     return errors;
   }
 
-  /// gesvdj on each matrix of @p which (indices relative to first), writing X_b = U_b V_bᵀ.
-  void gesvdj_loop(const std::vector<Index>& which) {
+  /// gesvdj on each matrix of @p which (indices relative to first), writing X_b = U_b V_bᵀ, with
+  /// cuSOLVER's @p tolerance and @p sweeps (0: machine precision, 100).
+  void gesvdj_loop(const std::vector<Index>& which, double tolerance, int sweeps) {
     if (which.empty()) return;
     DeviceBuffer<S> a(n_, stream_), u(n_, stream_), v(n_, stream_), s(static_cast<std::size_t>(d_), stream_);
-    GesvdjParams params(o_.tolerance, o_.max_iterations);
+    GesvdjParams params(tolerance, sweeps);
     cusolverDnHandle_t solver = ctx_.solver(stream_);
     cublasHandle_t h = ctx_.blas(stream_);
     const int d = static_cast<int>(d_);
@@ -289,7 +290,6 @@ class Pass {
     const unsigned blocks = static_cast<unsigned>(count_);
     gather<S><<<blocks, kThreads, 0, stream_>>>(m_, first_, a.data(), d_, bad_);
     HEADALIGN_CUDA_CHECK_LAUNCH("gather");
-    if (o_.verify) check_inputs(to_host(bad_ + first_, count_, stream_), first_);
     GesvdjParams params(o_.tolerance, o_.max_iterations);
     cusolverDnHandle_t solver = ctx_.solver(stream_);
     const int d = static_cast<int>(d_), c = static_cast<int>(count_);
@@ -299,13 +299,6 @@ class Pass {
     HEADALIGN_CUDA_TRY(cusolver_gesvdj_batched(solver, d, a.data(), s.data(), u.data(), v.data(), work.data(), lwork, info_ + first_,
                                       params.info, c));
     gemm_batched<S>(ctx_.blas(stream_), CUBLAS_OP_N, CUBLAS_OP_T, d, u.data(), v.data(), x_.data(), c, false);
-  }
-
-  /// Checks the inputs of a gesvdj loop over the whole pass before it starts.
-  void check_all() {
-    gather<S><<<static_cast<unsigned>(count_), kThreads, 0, stream_>>>(m_, first_, nullptr, d_, bad_);
-    HEADALIGN_CUDA_CHECK_LAUNCH("gather");
-    if (o_.verify) check_inputs(to_host(bad_ + first_, count_, stream_), first_);
   }
 
   /// RoPE rotations in closed form; the non-rotary block by Newton–Schulz.
@@ -318,7 +311,6 @@ class Pass {
                                                         o_.rope.pairing == RopeSpec::Pairing::Interleaved,
                                                         k > 0 ? rest.data() : nullptr, bad_);
     HEADALIGN_CUDA_CHECK_LAUNCH("rope_rotations");
-    if (o_.verify) check_inputs(to_host(bad_ + first_, count_, stream_), first_);
     if (k == 0) return {};
     PolarOptions inner = o_;
     inner.method = PolarMethod::NewtonSchulz;
@@ -381,10 +373,14 @@ PolarReport run_batched(Context& context, BatchRef<const S> m, BatchRef<S> r, S*
   DeviceBuffer<int> info(static_cast<std::size_t>(batch), stream);
   HEADALIGN_CUDA_TRY(cudaMemsetAsync(info.data(), 0, sizeof(int) * static_cast<std::size_t>(batch), stream));
   const bool gesvdj = o.method == PolarMethod::GesvdjLoop || o.method == PolarMethod::GesvdjBatched;
-  if (gesvdj && o.verify) {
-    // Every input is checked before the first output is written.
-    for (Index first = 0; first < batch; first += chunk)
-      Pass<S>(context, m, d, first, std::min(chunk, batch - first), stream, o, bad.data(), info.data(), report).check_all();
+  if (o.verify) {
+    // Every input is checked before the first output is written (one read of the batch).
+    for (Index first = 0; first < batch; first += chunk) {
+      const Index count = std::min(chunk, batch - first);
+      gather<S><<<static_cast<unsigned>(count), kThreads, 0, stream>>>(m, first, nullptr, d, bad.data());
+      HEADALIGN_CUDA_CHECK_LAUNCH("gather");
+    }
+    check_inputs(to_host(bad.data(), batch, stream), 0);
   }
   for (Index first = 0; first < batch; first += chunk) {
     const Index count = std::min(chunk, batch - first);
@@ -400,7 +396,7 @@ PolarReport run_batched(Context& context, BatchRef<const S> m, BatchRef<S> r, S*
       case PolarMethod::GesvdjLoop: {
         std::vector<Index> all(static_cast<std::size_t>(count));
         for (Index i = 0; i < count; ++i) all[static_cast<std::size_t>(i)] = i;
-        pass.gesvdj_loop(all);
+        pass.gesvdj_loop(all, o.tolerance, o.max_iterations);
         break;
       }
       case PolarMethod::Rope:
@@ -418,7 +414,7 @@ PolarReport run_batched(Context& context, BatchRef<const S> m, BatchRef<S> r, S*
       }
       report.not_converged += static_cast<Index>(missed.size());
       if (!missed.empty() && o.fallback && o.method != PolarMethod::Rope && !gesvdj) {
-        pass.gesvdj_loop(missed);
+        pass.gesvdj_loop(missed, 0.0, 0);  // cuSOLVER's defaults, not the iteration's tolerance
         report.recomputed += static_cast<Index>(missed.size());
         const std::vector<int> status = to_host(info.data() + first, count, stream);
         for (Index i : missed)
