@@ -77,6 +77,14 @@ Matrix<double> matrix_at(const std::vector<S>& all, Index d, Index b) {
   return Eigen::Map<const Matrix<S>>(all.data() + b * d * d, d, d).template cast<double>();
 }
 
+// @p batch Gaussian d × d matrices, one after the other.
+template <class S>
+std::vector<S> gaussian_batch(Index d, Index batch, std::mt19937_64& rng) {
+  std::vector<S> all(static_cast<std::size_t>(d * d * batch));
+  for (auto& v : all) v = static_cast<S>(std::normal_distribution<double>(0, 1)(rng));
+  return all;
+}
+
 double orthogonality(const Matrix<double>& r) {
   return (r.transpose() * r - Matrix<double>::Identity(r.rows(), r.cols())).norm();
 }
@@ -123,8 +131,7 @@ TEMPLATE_TEST_CASE("GPU Procrustes of random matrices matches the CPU library in
   std::mt19937_64 rng(2);
   hc::Context ctx;
   const Index d = 128, batch = 16;
-  std::vector<S> host(static_cast<std::size_t>(d * d * batch));
-  for (auto& v : host) v = static_cast<S>(std::normal_distribution<double>(0, 1)(rng));
+  const std::vector<S> host = gaussian_batch<S>(d, batch, rng);
   Device<S> m(host), r(host.size()), scores(static_cast<std::size_t>(batch));
   for (hc::PolarMethod method : {hc::PolarMethod::GesvdjLoop, hc::PolarMethod::NewtonSchulz}) {
     hc::PolarOptions o;
@@ -255,8 +262,7 @@ TEMPLATE_TEST_CASE("GPU RoPE Procrustes equals the CPU closed form, partial rota
   std::mt19937_64 rng(8);
   hc::Context ctx;
   const Index d = 128, batch = 11;
-  std::vector<S> host(static_cast<std::size_t>(d * d * batch));
-  for (auto& v : host) v = static_cast<S>(std::normal_distribution<double>(0, 1)(rng));
+  const std::vector<S> host = gaussian_batch<S>(d, batch, rng);
   Device<S> m(host), r(host.size()), s(static_cast<std::size_t>(batch));
   for (RopeSpec spec : {RopeSpec{RopeSpec::Pairing::HalfSplit, 0}, RopeSpec{RopeSpec::Pairing::Interleaved, 0},
                         RopeSpec{RopeSpec::Pairing::HalfSplit, 96}, RopeSpec{RopeSpec::Pairing::Interleaved, 120}}) {
