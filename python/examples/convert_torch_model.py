@@ -1,9 +1,11 @@
 """Convert a PyTorch LLaMA-style model from MHA to GQA with headalign.
 
 1. Forward hooks on every layer's k_proj and v_proj stream the pre-RoPE keys and values of a few
-   calibration batches into headalign.HeadGram accumulators (read in place, no copies).
+   calibration batches into headalign.HeadGram accumulators, and q_proj's queries into
+   headalign.HeadMoments (read in place, no copies).
 2. headalign.convert_layer plans each layer from its Grams (similarity, grouping, GPA) and returns
-   the merged GQA weights, which are loaded into a GQA copy of the model.
+   the merged GQA weights, which are loaded into a GQA copy of the model: with the mean merge of
+   the paper, and with the query- and output-aware merge (MergeWeighting.FULL).
 3. The GQA model's logits are compared with the original's, against the plain mean-pool GQA
    baseline (adjacent heads, no alignment).
 
@@ -119,17 +121,20 @@ def plant_redundant_heads(model: TinyLlama, groups: int, noise: float, seed: int
 
 
 @torch.no_grad()
-def collect_grams(model: TinyLlama, batches) -> list[tuple[headalign.HeadGram, headalign.HeadGram]]:
-    """Streams every layer's pre-RoPE keys and values into HeadGrams with forward hooks."""
+def collect_grams(model: TinyLlama, batches) -> list[tuple[headalign.HeadGram, headalign.HeadGram, headalign.HeadMoments]]:
+    """Streams every layer's pre-RoPE keys and values into HeadGrams, and its pre-RoPE queries into
+    HeadMoments (for the query-aware merge), with forward hooks."""
     grams, hooks = [], []
     for block in model.blocks:
         a = block.attn
         keys = headalign.HeadGram(a.heads, a.head_dim, normalize_rows=True)
         values = headalign.HeadGram(a.heads, a.head_dim, normalize_rows=True)
-        # out is [batch, tokens, heads·d], contiguous: HeadGram.add reads it in place.
+        queries = headalign.HeadMoments(a.heads, a.head_dim)
+        # out is [batch, tokens, heads·d], contiguous: add() reads it in place.
         hooks.append(a.k_proj.register_forward_hook(lambda mod, inp, out, g=keys: g.add(out)))
         hooks.append(a.v_proj.register_forward_hook(lambda mod, inp, out, g=values: g.add(out)))
-        grams.append((keys, values))
+        hooks.append(a.q_proj.register_forward_hook(lambda mod, inp, out, g=queries: g.add(out)))
+        grams.append((keys, values, queries))
     try:
         for batch in batches:
             model(batch)
@@ -143,11 +148,11 @@ def collect_grams(model: TinyLlama, batches) -> list[tuple[headalign.HeadGram, h
 def convert_model(model: TinyLlama, grams, groups: int, **options) -> TinyLlama:
     """A GQA copy of `model` with `groups` KV heads per layer, converted by headalign."""
     gqa = copy.deepcopy(model)
-    for block, (keys, values) in zip(gqa.blocks, grams):
+    for block, (keys, values, queries) in zip(gqa.blocks, grams):
         a = block.attn
         conv = headalign.convert_layer(a.q_proj.weight.detach(), a.k_proj.weight.detach(), a.v_proj.weight.detach(),
                                        a.o_proj.weight.detach(), num_heads=a.heads, num_groups=groups,
-                                       keys=keys, values=values, **options)
+                                       keys=keys, values=values, queries=queries, **options)
         w = conv.weights
         new = Attention(a.q_proj.in_features, a.heads, groups)
         for name in ("q", "k", "v", "o"):
@@ -166,23 +171,26 @@ def run(layers: int = 2, heads: int = 8, groups: int = 2, hidden: int = 128, noi
     model = TinyLlama(hidden=hidden, layers=layers, heads=heads).eval()
     plant_redundant_heads(model, groups, noise, seed)
     calib = [torch.randint(0, 256, (4, 64)) for _ in range(calibration_batches)]
+    held_out = torch.randint(0, 256, (2, 64))  # drawn before the conversions, which draw initial weights
     grams = collect_grams(model, calib)
     aligned = convert_model(model, grams, groups)
+    aligned_full = convert_model(model, grams, groups, merge=headalign.MergeWeighting.FULL)  # headalign-convert's default
     mean_pool = convert_model(model, grams, groups, group_by=headalign.GroupBy.NONE,
                               key_alignment=headalign.Alignment.NONE, value_alignment=headalign.Alignment.NONE)
-    held_out = torch.randint(0, 256, (2, 64))
     with torch.no_grad():
         ref = model(held_out)
         result = {
             "tokens": grams[0][0].tokens,
             "aligned": relative_error(aligned(held_out), ref),
+            "aligned_full": relative_error(aligned_full(held_out), ref),
             "mean_pool": relative_error(mean_pool(held_out), ref),
             "kv_cache_reduction": heads // groups,
         }
     if verbose:
         print(f"calibration: {result['tokens']} tokens per layer; {layers} layers, {heads} → {groups} KV heads "
               f"({result['kv_cache_reduction']}× smaller KV cache)")
-        print(f"relative logit error vs the MHA model: aligned {result['aligned']:.4f}, mean-pool {result['mean_pool']:.4f}")
+        print(f"relative logit error vs the MHA model: aligned {result['aligned']:.4f}, "
+              f"aligned + full merge {result['aligned_full']:.4f}, mean-pool {result['mean_pool']:.4f}")
     return result
 
 

@@ -229,6 +229,7 @@ struct Guarded {
 };
 
 using Gram = Guarded<HeadGram>;
+using Moments = Guarded<HeadMoments>;
 
 /// f() with the GIL released (f must not touch Python objects).
 template <class F>
@@ -243,17 +244,18 @@ Vector<S> optional_vector(const std::optional<Array>& a, const char* what) {
   return a ? vector<S>(*a, what) : Vector<S>();
 }
 
-/// The same visit over two Grams of one scalar type (ValueError otherwise); locks both in address order.
-template <class F>
-decltype(auto) visit2(Gram& a, Gram& b, const char* what, F&& f) {
+/// The same visit over two guarded objects of one scalar type (ValueError otherwise); locks both
+/// in address order.
+template <template <class> class T, class F>
+decltype(auto) visit2(Guarded<T>& a, Guarded<T>& b, const char* what, F&& f) {
   if (a.is_double() != b.is_double())
-    detail::throw_invalid_argument(std::string(what) + ": the two HeadGrams have different dtypes (float32 and float64)");
+    detail::throw_invalid_argument(std::string(what) + ": the two arguments have different dtypes (float32 and float64)");
   std::unique_lock<std::mutex> first, second;
   if (&a == &b) {
     first = std::unique_lock<std::mutex>(*a.lock);
   } else {
-    Gram* lo = std::less<Gram*>()(&a, &b) ? &a : &b;
-    Gram* hi = lo == &a ? &b : &a;
+    Guarded<T>* lo = std::less<Guarded<T>*>()(&a, &b) ? &a : &b;
+    Guarded<T>* hi = lo == &a ? &b : &a;
     first = std::unique_lock<std::mutex>(*lo->lock);
     second = std::unique_lock<std::mutex>(*hi->lock);
   }

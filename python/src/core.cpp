@@ -53,8 +53,8 @@ nb::object orthogonal_procrustes_py(const Array& a, const Array& b, PolarMethod 
 // HeadGram
 
 // Adds one [rows, D] block given by its first element and strides (in elements).
-template <class T, class S>
-void add_block(HeadGram<S>& g, const T* p, Index rows, Index width, std::int64_t row_stride, std::int64_t col_stride) {
+template <class T, class G>
+void add_block(G& g, const T* p, Index rows, Index width, std::int64_t row_stride, std::int64_t col_stride) {
   if (rows == 0) return;
   if (col_stride == 1 && (rows == 1 || row_stride >= width)) {  // C order: SYRK reads it in place
     g.add(p, rows, rows == 1 ? width : static_cast<Index>(row_stride));
@@ -71,12 +71,13 @@ void add_block(HeadGram<S>& g, const T* p, Index rows, Index width, std::int64_t
   g.add(copy);
 }
 
-void gram_add(Gram& self, const Array& x) {
-  const char* what = "HeadGram.add: activations";
+// Token rows [..., num_heads·head_dim] into a HeadGram or HeadMoments (@p what names the argument).
+template <template <class> class Acc>
+void add_rows(Guarded<Acc>& self, const Array& x, const char* what) {
   if (x.ndim() == 0) detail::throw_invalid_argument(std::string(what) + " must have at least one dimension (tokens × num_heads·head_dim)");
   const std::size_t nd = x.ndim();
   const Index width = static_cast<Index>(x.shape(nd - 1));
-  const Index dim = self.visit([](auto& g) { return g.dim(); });
+  const Index dim = self.visit([](auto& g) { return g.num_heads() * g.head_dim(); });
   if (width != dim)
     detail::throw_invalid_argument(std::string(what) + " have shape " + shape_text(x) + ": the last axis must be num_heads · head_dim = " +
                                    std::to_string(dim));
@@ -116,6 +117,8 @@ void gram_add(Gram& self, const Array& x) {
     });
   });
 }
+
+void gram_add(Gram& self, const Array& x) { add_rows(self, x, "HeadGram.add: activations"); }
 
 Gram gram_new(Index num_heads, Index head_dim, bool normalize_rows, nb::handle dtype, Index chunk_rows) {
   if (is_double(dtype)) return Gram(HeadGram<double>(num_heads, head_dim, normalize_rows, chunk_rows));
@@ -478,6 +481,47 @@ NB_MODULE(_core, m) {
           return "HeadGram(num_heads=" + std::to_string(x.num_heads()) + ", head_dim=" + std::to_string(x.head_dim()) +
                  ", tokens=" + std::to_string(x.tokens()) + ", normalize_rows=" + (x.normalize_rows() ? "True" : "False") +
                  ", dtype=" + (g.is_double() ? "float64" : "float32") + ")";
+        });
+      });
+  nb::class_<Moments>(m, "HeadMoments",
+                      "Per-head second moments Σ_h = Σ_t q_{h,t}ᵀ q_{h,t} (d × d for each of H heads): what\n"
+                      "query-aware key merging needs (convert_layer(..., queries=..., merge=MergeWeighting.FULL or\n"
+                      "QUERY_AWARE)). Fill it from the pre-RoPE query projections during the same calibration pass\n"
+                      "as the key and value HeadGrams; accumulators of disjoint tokens merge() exactly.")
+      .def("__init__", [](Moments* self, Index h, Index d, nb::handle dtype) {
+             if (is_double(dtype)) new (self) Moments(HeadMoments<double>(h, d));
+             else new (self) Moments(HeadMoments<float>(h, d));
+           },
+           "num_heads"_a, "head_dim"_a, "dtype"_a = nb::str("float64"), "An empty accumulator; dtype float64 or float32.")
+      .def("add", [](Moments& self, const Array& x) { add_rows(self, x, "HeadMoments.add: queries"); }, "queries"_a,
+           "Accumulates query rows [..., num_heads·head_dim] (pre-RoPE q_proj output; leading axes are tokens).\n"
+           "The GIL is released. Raises ValueError for a wrong width or NaN/Inf (nothing is added then).")
+      .def("merge", [](Moments& self, Moments& other) {
+             visit2(self, other, "HeadMoments.merge", [](auto& a, auto& b) { a.merge(b); });
+           }, "other"_a, "Adds another accumulator's moments (disjoint tokens).")
+      .def_prop_ro("num_heads", [](Moments& g) { return g.visit([](auto& x) { return x.num_heads(); }); })
+      .def_prop_ro("head_dim", [](Moments& g) { return g.visit([](auto& x) { return x.head_dim(); }); })
+      .def_prop_ro("tokens", [](Moments& g) { return g.visit([](auto& x) { return x.tokens(); }); }, "query rows accumulated")
+      .def_prop_ro("dtype", [](Moments& g) { return numpy_dtype(g.is_double() ? "float64" : "float32"); })
+      .def("block", [](Moments& g, Index h) { return g.visit([&](auto& x) { return to_numpy(x.block(h)); }); }, "h"_a,
+           "Σ_h, the d × d second moment of head h.")
+      .def_static("from_weights", [](const Array& w, Index num_heads, Index head_dim, nb::handle dtype) {
+             check_ndim(w, 2, "HeadMoments.from_weights: weights [num_heads·head_dim, hidden]");
+             const Dtype t = dtype_of(w, "HeadMoments.from_weights: weights");
+             const bool dbl = dtype.is_none() ? t == Dtype::F64 : is_double(dtype);
+             return with_element(t, [&](auto tag) -> Moments {
+               using T = typename decltype(tag)::type;
+               const auto view = view2<T>(w);
+               nb::gil_scoped_release release;
+               if (dbl) return Moments(HeadMoments<double>::from_weights(view, num_heads, head_dim));
+               return Moments(HeadMoments<float>::from_weights(view, num_heads, head_dim));
+             });
+           }, "weights"_a, "num_heads"_a, "head_dim"_a, "dtype"_a = nb::none(),
+           "Data-free moments from q_proj's weights [num_heads·head_dim, hidden]: Σ_h = W_h W_hᵀ (whitened inputs).")
+      .def("__repr__", [](Moments& g) {
+        return g.visit([&](auto& x) {
+          return "HeadMoments(num_heads=" + std::to_string(x.num_heads()) + ", head_dim=" + std::to_string(x.head_dim()) +
+                 ", tokens=" + std::to_string(x.tokens()) + ", dtype=" + (g.is_double() ? "float64" : "float32") + ")";
         });
       });
   m.def("_array_address", [](const Array& a) { return reinterpret_cast<std::uintptr_t>(a.data()); }, "a"_a,

@@ -145,7 +145,7 @@ MergeOptions merge_options(MergeWeighting weighting, double ridge) {
 }
 
 Converted convert_layer_py(const Array& q, const Array& k, const Array& v, const Array& o, Index num_heads, Index num_groups,
-                           Gram* keys, Gram* values, Plan* plan, std::optional<Array> q_bias, std::optional<Array> k_bias,
+                           Gram* keys, Gram* values, Plan* plan, Moments* queries, std::optional<Array> q_bias, std::optional<Array> k_bias,
                            std::optional<Array> v_bias, std::optional<Array> o_bias, const PlanArgs& args,
                            MergeWeighting merge, double ridge, nb::handle dtype) {
   HEADALIGN_CHECK((keys == nullptr) == (values == nullptr), "convert_layer: give both keys and values HeadGrams, or neither (data-free)");
@@ -177,7 +177,16 @@ Converted convert_layer_py(const Array& q, const Array& k, const Array& v, const
       own_plan.emplace(plan_layer(gk, gv, a.options()));
       lp = &std::get<LayerPlan<S>>(own_plan->value);
     }
-    auto merged = without_gil([&] { return convert_layer(std::move(w), *lp, merge_options(merge, ridge)); });
+    const HeadMoments<S>* moments = nullptr;
+    if (queries) {
+      if (queries->is_double() != std::is_same<S, double>::value)
+        detail::throw_invalid_argument("convert_layer: the query HeadMoments must have the computation's dtype");
+      moments = &std::get<HeadMoments<S>>(queries->value);
+    }
+    // The moments are only read; their lock keeps another thread from adding meanwhile.
+    std::unique_lock<std::mutex> hold;
+    if (queries) hold = std::unique_lock<std::mutex>(*queries->lock);
+    auto merged = without_gil([&] { return convert_layer(std::move(w), *lp, merge_options(merge, ridge), moments); });
     Converted out;
     out.weights = nb::cast(Weights(std::move(merged)));
     out.plan = own_plan ? nb::cast(std::move(*own_plan)) : nb::cast(plan, nb::rv_policy::reference);
@@ -221,8 +230,8 @@ void bind_pipeline(nb::module_& m) {
   nb::enum_<MergeWeighting>(m, "MergeWeighting", "How a group's aligned heads are merged into one KV head.")
       .value("MEAN", MergeWeighting::Mean, "the plain mean of the group's rows (the paper's Sec. 3.5)")
       .value("OUTPUT_AWARE", MergeWeighting::OutputAware, "values weighted by the output projection: min Σ_h ‖O_h(V_h − V_g)‖²")
-      .value("QUERY_AWARE", MergeWeighting::QueryAware, "keys weighted by query statistics (needs query moments; C++ API)")
-      .value("FULL", MergeWeighting::Full, "both (C++ API)");
+      .value("QUERY_AWARE", MergeWeighting::QueryAware, "keys weighted by query statistics (convert_layer(queries=HeadMoments))")
+      .value("FULL", MergeWeighting::Full, "both (needs queries, as QUERY_AWARE)");
 
   nb::class_<Weights>(m, "AttentionWeights",
                       "One attention layer in Hugging Face layout: q [H·d, hidden], k and v [Hkv·d, hidden],\n"
@@ -365,17 +374,17 @@ void bind_pipeline(nb::module_& m) {
 
   m.def("convert_layer",
         [](const Array& q, const Array& k, const Array& v, const Array& o, Index num_heads, Index num_groups, Gram* keys, Gram* values,
-           Plan* plan, std::optional<Array> q_bias, std::optional<Array> k_bias, std::optional<Array> v_bias, std::optional<Array> o_bias,
+           Plan* plan, Moments* queries, std::optional<Array> q_bias, std::optional<Array> k_bias, std::optional<Array> v_bias, std::optional<Array> o_bias,
            GroupBy group_by, Metric metric, Alignment key_alignment, Alignment value_alignment, const RopeSpec& rope,
            GroupingOptions::Method grouping, std::uint64_t seed, int gpa_max_iterations, double gpa_tolerance, PolarMethod method,
            MergeWeighting merge, double ridge, nb::handle dtype) {
-          return convert_layer_py(q, k, v, o, num_heads, num_groups, keys, values, plan, q_bias, k_bias, v_bias, o_bias,
+          return convert_layer_py(q, k, v, o, num_heads, num_groups, keys, values, plan, queries, q_bias, k_bias, v_bias, o_bias,
                                   {num_groups, group_by, metric, key_alignment, value_alignment, rope, grouping, seed,
                                    gpa_max_iterations, gpa_tolerance, method},
                                   merge, ridge, dtype);
         },
         "q"_a, "k"_a, "v"_a, "o"_a, nb::kw_only(), "num_heads"_a, "num_groups"_a, "keys"_a = nb::none(), "values"_a = nb::none(),
-        "plan"_a = nb::none(), "q_bias"_a = nb::none(), "k_bias"_a = nb::none(), "v_bias"_a = nb::none(), "o_bias"_a = nb::none(),
+        "plan"_a = nb::none(), "queries"_a = nb::none(), "q_bias"_a = nb::none(), "k_bias"_a = nb::none(), "v_bias"_a = nb::none(), "o_bias"_a = nb::none(),
         "group_by"_a = GroupBy::Value, "metric"_a = Metric::Cosine, "key_alignment"_a = Alignment::Rope,
         "value_alignment"_a = Alignment::Orthogonal, "rope"_a = rope_default, "grouping"_a = GroupingOptions::Method::LocalSearch,
         "seed"_a = 0, "gpa_max_iterations"_a = 100, "gpa_tolerance"_a = 1e-5, "method"_a = PolarMethod::Auto,
@@ -385,6 +394,7 @@ void bind_pipeline(nb::module_& m) {
         "([H·d, hidden], [H·d, hidden], [H·d, hidden], [hidden, H·d]; NumPy or PyTorch CPU, any float dtype).\n"
         "keys/values: HeadGrams of the layer's pre-RoPE key and value activations (calibration); without\n"
         "them the plan is data-free (HeadGram.from_weights). plan: reuse a LayerPlan instead of planning.\n"
+        "queries: the layer's HeadMoments (pre-RoPE query projections), which merge=QUERY_AWARE and FULL need.\n"
         "Computes in the Grams' (or plan's) dtype (a dtype argument that disagrees is a ValueError), else\n"
         "in dtype, else float64 for float64 q and float32 otherwise.\n"
         "Returns ConvertedLayer(weights, plan); query head p of the result is old head plan.order[p].");

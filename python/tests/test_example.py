@@ -1,4 +1,4 @@
-"""The PyTorch example: hooks collect the right statistics, and the converted model is what the
+"""The PyTorch example: hooks collect the right statistics (keys, values, queries), and the converted model is what the
 planted structure promises."""
 import pathlib
 import sys
@@ -33,18 +33,25 @@ def test_hooks_accumulate_the_pre_rope_keys_and_values():
             y = (y / y.norm(dim=2, keepdim=True)).reshape(-1, 64).numpy()  # normalize_rows
             assert gram.tokens == 96
             np.testing.assert_allclose(gram.gram(), y.T @ y, rtol=1e-4, atol=1e-4)
+        queries = grams[i][2]
+        yq = (x @ block.attn.q_proj.weight.detach().double().T).numpy()
+        assert queries.tokens == 96
+        for h in range(4):
+            np.testing.assert_allclose(queries.block(h), yq[:, h * 16:(h + 1) * 16].T @ yq[:, h * 16:(h + 1) * 16],
+                                       rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("heads,groups,seed", [(8, 2, 0), (4, 2, 3), (8, 4, 5)])
 def test_aligned_conversion_beats_mean_pool_on_redundant_heads(heads, groups, seed):
     r = example.run(heads=heads, groups=groups, noise=0.002, seed=seed, verbose=False)
     assert r["aligned"] < 0.02, r
+    assert r["aligned_full"] < 0.02, r
     assert r["mean_pool"] > 5 * r["aligned"], r
 
 
 def test_one_group_per_head_keeps_the_model():
     r = example.run(heads=4, groups=4, verbose=False)
-    assert r["aligned"] < 1e-5 and r["mean_pool"] < 1e-5
+    assert r["aligned"] < 1e-5 and r["aligned_full"] < 1e-5 and r["mean_pool"] < 1e-5
 
 
 def test_parameters_that_require_grad_are_read_like_detached_tensors():

@@ -336,3 +336,81 @@ def test_reference_gates(rng):
     assert ha.reference_sparsity_loss(0.3, 0.5) == pytest.approx(0.2 + (0.2 + 1e-6) ** 2)
     assert ha.reference_target_sparsity(15, 100, 0.5) == pytest.approx(0.25)
     assert ha.reference_gates_forced_off(80, 100) and not ha.reference_gates_forced_off(79, 100)
+
+
+def test_head_moments_equal_numpy_and_merge(rng):
+    h, d, n = 3, 4, 500
+    x = rng.standard_normal((n, h * d))
+    m, first, second = ha.HeadMoments(h, d), ha.HeadMoments(h, d), ha.HeadMoments(h, d)
+    m.add(x)
+    first.add(x[:200])
+    second.add(x[200:].reshape(30, 10, h * d))  # leading axes are tokens
+    first.merge(second)
+    for acc in (m, first):
+        assert (acc.num_heads, acc.head_dim, acc.tokens) == (h, d, n)
+        for head in range(h):
+            xs = x[:, head * d:(head + 1) * d]
+            np.testing.assert_allclose(acc.block(head), xs.T @ xs, rtol=1e-12, atol=1e-10)
+    w = rng.standard_normal((h * d, 7))
+    data_free = ha.HeadMoments.from_weights(w, h, d)
+    np.testing.assert_allclose(data_free.block(1), w[d:2 * d] @ w[d:2 * d].T, rtol=1e-12)
+    with pytest.raises(ValueError, match="last axis"):
+        m.add(x[:, :-1])
+    bad = x[:5].copy()
+    bad[2, 2] = np.inf
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        m.add(bad)
+    assert m.tokens == n  # nothing was added
+    with pytest.raises(ValueError, match="dtypes"):
+        m.merge(ha.HeadMoments(h, d, dtype="float32"))
+    with pytest.raises(ValueError, match="out of range"):
+        m.block(h)
+
+
+def test_query_aware_merge_uses_the_query_moments(rng):
+    """Planted: in each group of 4 heads, head j's queries read only RoPE plane j of its keys, and the
+    heads' keys agree on nothing else. Weighting the key merge by the query moments keeps every
+    head's logits; the plain mean does not."""
+    h, groups, d, hidden, n = 8, 2, 8, 32, 3000
+    per, half = h // groups, d // 2
+    q = np.zeros((h, d, hidden))
+    k = rng.standard_normal((h, d, hidden)) / np.sqrt(hidden)
+    for head in range(h):
+        plane = [head % per, head % per + half]  # half-split pairing: plane p = (p, p + d/2)
+        q[head, plane] = rng.standard_normal((2, hidden)) / np.sqrt(hidden)
+    q, k = q.reshape(h * d, hidden), k.reshape(h * d, hidden)
+    v = rng.standard_normal((h * d, hidden)) / np.sqrt(hidden)
+    o = rng.standard_normal((hidden, h * d)) / np.sqrt(h * d)
+    x = rng.standard_normal((n, hidden))
+    keys, values, queries = ha.HeadGram(h, d), ha.HeadGram(h, d), ha.HeadMoments(h, d)
+    keys.add(x @ k.T)
+    values.add(x @ v.T)
+    queries.add(x @ q.T)
+    none = dict(group_by=ha.GroupBy.NONE, key_alignment=ha.Alignment.NONE, value_alignment=ha.Alignment.NONE)
+    mean = ha.convert_layer(q, k, v, o, num_heads=h, num_groups=groups, keys=keys, values=values, **none)
+    aware = ha.convert_layer(q, k, v, o, num_heads=h, num_groups=groups, plan=mean.plan, queries=queries,
+                             merge=ha.MergeWeighting.QUERY_AWARE)
+    xt = rng.standard_normal((50, hidden))
+
+    def logit_error(c):  # pre-RoPE logits q_h(x)·k_g(x') against the MHA layer's (RoPE turns within planes)
+        w = c.weights
+        err = ref = 0.0
+        for head in range(h):
+            g = head // per
+            qh = xt @ w.q[head * d:(head + 1) * d].T
+            want = qh @ (xt @ k[head * d:(head + 1) * d].T).T
+            got = qh @ (xt @ w.k[g * d:(g + 1) * d].T).T
+            err += np.sum((got - want) ** 2)
+            ref += np.sum(want ** 2)
+        return np.sqrt(err / ref)
+
+    assert logit_error(aware) < 0.02 * logit_error(mean), (logit_error(aware), logit_error(mean))
+    np.testing.assert_array_equal(aware.weights.v, mean.weights.v)  # QUERY_AWARE merges the values as the mean
+    with pytest.raises(ValueError, match="quer"):
+        ha.convert_layer(q, k, v, o, num_heads=h, num_groups=groups, plan=mean.plan, merge=ha.MergeWeighting.FULL)
+    with pytest.raises(ValueError, match="dtype"):
+        ha.convert_layer(q, k, v, o, num_heads=h, num_groups=groups, plan=mean.plan, queries=ha.HeadMoments(h, d, dtype="float32"),
+                         merge=ha.MergeWeighting.FULL)
+    with pytest.raises(ValueError, match="query moments are"):
+        ha.convert_layer(q, k, v, o, num_heads=h, num_groups=groups, plan=mean.plan, queries=ha.HeadMoments(h, 4),
+                         merge=ha.MergeWeighting.FULL)

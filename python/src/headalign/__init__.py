@@ -29,6 +29,7 @@ from ._core import (
     GroupingMethod,
     HardConcrete,
     HeadGram,
+    HeadMoments,
     LayerPlan,
     MergeError,
     MergeWeighting,
