@@ -161,17 +161,24 @@ Gram gram_from_activations(const Array& acts, bool normalize_rows, nb::handle dt
   });
 }
 
-Gram gram_from_weights(const Array& w, Index num_heads, Index head_dim, nb::handle dtype) {
-  check_ndim(w, 2, "HeadGram.from_weights: weights [num_heads·head_dim, hidden]");
-  const Dtype t = dtype_of(w, "HeadGram.from_weights: weights");
+// Data-free statistics of a projection's weights [num_heads·head_dim, hidden] (Acc::from_weights),
+// in dtype, else in the weights' precision.
+template <template <class> class Acc>
+Guarded<Acc> from_weights_py(const Array& w, Index num_heads, Index head_dim, nb::handle dtype, const std::string& what) {
+  check_ndim(w, 2, (what + ": weights [num_heads·head_dim, hidden]").c_str());
+  const Dtype t = dtype_of(w, (what + ": weights").c_str());
   const bool dbl = dtype.is_none() ? t == Dtype::F64 : is_double(dtype);
-  return with_element(t, [&](auto tag) -> Gram {
+  return with_element(t, [&](auto tag) -> Guarded<Acc> {
     using T = typename decltype(tag)::type;
     const auto view = view2<T>(w);
     nb::gil_scoped_release release;
-    if (dbl) return Gram(HeadGram<double>::from_weights(view, num_heads, head_dim));
-    return Gram(HeadGram<float>::from_weights(view, num_heads, head_dim));
+    if (dbl) return Guarded<Acc>(Acc<double>::from_weights(view, num_heads, head_dim));
+    return Guarded<Acc>(Acc<float>::from_weights(view, num_heads, head_dim));
   });
+}
+
+Gram gram_from_weights(const Array& w, Index num_heads, Index head_dim, nb::handle dtype) {
+  return from_weights_py<HeadGram>(w, num_heads, head_dim, dtype, "HeadGram.from_weights");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -506,16 +513,7 @@ NB_MODULE(_core, m) {
       .def("block", [](Moments& g, Index h) { return g.visit([&](auto& x) { return to_numpy(x.block(h)); }); }, "h"_a,
            "Σ_h, the d × d second moment of head h.")
       .def_static("from_weights", [](const Array& w, Index num_heads, Index head_dim, nb::handle dtype) {
-             check_ndim(w, 2, "HeadMoments.from_weights: weights [num_heads·head_dim, hidden]");
-             const Dtype t = dtype_of(w, "HeadMoments.from_weights: weights");
-             const bool dbl = dtype.is_none() ? t == Dtype::F64 : is_double(dtype);
-             return with_element(t, [&](auto tag) -> Moments {
-               using T = typename decltype(tag)::type;
-               const auto view = view2<T>(w);
-               nb::gil_scoped_release release;
-               if (dbl) return Moments(HeadMoments<double>::from_weights(view, num_heads, head_dim));
-               return Moments(HeadMoments<float>::from_weights(view, num_heads, head_dim));
-             });
+             return from_weights_py<HeadMoments>(w, num_heads, head_dim, dtype, "HeadMoments.from_weights");
            }, "weights"_a, "num_heads"_a, "head_dim"_a, "dtype"_a = nb::none(),
            "Data-free moments from q_proj's weights [num_heads·head_dim, hidden]: Σ_h = W_h W_hᵀ (whitened inputs).")
       .def("__repr__", [](Moments& g) {

@@ -17,10 +17,10 @@ namespace detail {
 
 // ---------------------------------------------------------------- kernels (one block per matrix)
 
-/// X_b = M_b/‖M_b‖_F (I when M_b = 0; 0 with bad[b] = 1 when M_b holds NaN/Inf). The norm is
+/// X_b = M_b/‖M_b‖_F (I when M_b = 0; 0 when M_b holds NaN/Inf, which verify refuses first). The norm is
 /// taken as max|m|·‖M/max|m|‖_F in double, so no finite input overflows.
 template <class S>
-__global__ void scaled_start(BatchRef<const S> m, Index first, S* x, Index d, int* bad) {
+__global__ void scaled_start(BatchRef<const S> m, Index first, S* x, Index d) {
   const Index b = blockIdx.x, n = d * d;
   const S* a = m(first + b);
   S* xb = x + b * n;
@@ -32,7 +32,6 @@ __global__ void scaled_start(BatchRef<const S> m, Index first, S* x, Index d, in
   }
   nonfinite = block_reduce(nonfinite, MaxOp{}, 0.0);
   largest = block_reduce(largest, MaxOp{}, 0.0);
-  if (threadIdx.x == 0) bad[first + b] = nonfinite > 0;
   if (nonfinite > 0 || largest == 0) {
     for (Index i = threadIdx.x; i < n; i += blockDim.x) xb[i] = (nonfinite == 0 && i % (d + 1) == 0) ? S(1) : S(0);
     return;
@@ -64,7 +63,8 @@ __global__ void newton_schulz_update(const S* p, S* q, Index d, S a, S c, double
   if (threadIdx.x == 0) err[b] = sqrt(sum);
 }
 
-/// Copies M_{first+b} to dst_b (scratch at stride d²) and sets bad[first+b] for NaN/Inf.
+/// Copies M_{first+b} to dst_b (scratch at stride d²) when dst is set, and sets bad[first+b] for
+/// NaN/Inf when bad is set.
 template <class S>
 __global__ void gather(BatchRef<const S> m, Index first, S* dst, Index d, int* bad) {
   const Index b = blockIdx.x, n = d * d;
@@ -75,8 +75,10 @@ __global__ void gather(BatchRef<const S> m, Index first, S* dst, Index d, int* b
     if (!isfinite(static_cast<double>(v))) nonfinite = 1;
     if (dst) dst[b * n + i] = v;
   }
-  nonfinite = block_reduce(nonfinite, MaxOp{}, 0.0);
-  if (threadIdx.x == 0) bad[first + b] = nonfinite > 0;
+  if (bad) {
+    nonfinite = block_reduce(nonfinite, MaxOp{}, 0.0);
+    if (threadIdx.x == 0) bad[first + b] = nonfinite > 0;
+  }
 }
 
 /// R_{first+b} = X_b (when r is set) and scores[first+b] = tr(X_bᵀ M_{first+b}) = Σ x·m (in double).
@@ -99,20 +101,14 @@ __global__ void finish(const S* x, BatchRef<S> r, BatchRef<const S> m, S* scores
 }
 
 /// RoPE rotations in closed form: X_b block-diagonal per plane (identity elsewhere), and the
-/// non-rotary block M[r:, r:] copied to rest_b (when r < d). bad[first+b] flags NaN/Inf.
+/// non-rotary block M[r:, r:] copied to rest_b (when r < d).
 template <class S>
-__global__ void rope_rotations(BatchRef<const S> m, Index first, S* x, Index d, Index rd, bool interleaved, S* rest,
-                               int* bad) {
+__global__ void rope_rotations(BatchRef<const S> m, Index first, S* x, Index d, Index rd, bool interleaved, S* rest) {
   const Index b = blockIdx.x, n = d * d, half = rd / 2, k = d - rd;
   const S* a = m(first + b);
   S* xb = x + b * n;
-  double nonfinite = 0;
-  for (Index i = threadIdx.x; i < n; i += blockDim.x) {
-    if (!isfinite(static_cast<double>(a[i]))) nonfinite = 1;
-    xb[i] = S(0);
-  }
-  nonfinite = block_reduce(nonfinite, MaxOp{}, 0.0);  // also orders the zero fill before the planes
-  if (threadIdx.x == 0) bad[first + b] = nonfinite > 0;
+  for (Index i = threadIdx.x; i < n; i += blockDim.x) xb[i] = S(0);
+  __syncthreads();  // the zero fill before the planes
   for (Index p = threadIdx.x; p < half; p += blockDim.x) {
     const Index i = interleaved ? 2 * p : p, j = interleaved ? 2 * p + 1 : p + half;
     const PlaneRotation<S> t = rope_plane(a[i + i * d], a[i + j * d], a[j + i * d], a[j + j * d]);
@@ -152,9 +148,9 @@ std::vector<T> to_host(const T* device, Index count, cudaStream_t stream) {
 }
 
 /// Throws invalid_argument naming the first matrix flagged in @p bad.
-inline void check_inputs(const std::vector<int>& bad, Index first) {
+inline void check_inputs(const std::vector<int>& bad) {
   for (std::size_t i = 0; i < bad.size(); ++i)
-    HEADALIGN_CHECK(bad[i] == 0, "matrix " << first + static_cast<Index>(i) << " of the batch contains NaN or Inf");
+    HEADALIGN_CHECK(bad[i] == 0, "matrix " << i << " of the batch contains NaN or Inf");
 }
 
 struct GesvdjParams {
@@ -203,14 +199,14 @@ inline cusolverStatus_t cusolver_gesvdj_batched(cusolverDnHandle_t h, int d, dou
 }
 
 /// One pass over matrices [first, first + count): fills X (count d × d at stride d²) with the
-/// rotations. bad[first..] flags NaN/Inf inputs; info[first..] (device, gesvdj only) cuSOLVER's
+/// rotations. info[first..] (device, gesvdj only) cuSOLVER's
 /// status; err (device, count) the last measured ‖XᵀX − I‖_F before the last step (NewtonSchulz).
 template <class S>
 class Pass {
  public:
   Pass(Context& context, BatchRef<const S> m, Index d, Index first, Index count, cudaStream_t stream,
-       const PolarOptions& o, int* bad, int* info, PolarReport& report)
-      : ctx_(context), m_(m), d_(d), first_(first), count_(count), stream_(stream), o_(o), bad_(bad), info_(info),
+       const PolarOptions& o, int* info, PolarReport& report)
+      : ctx_(context), m_(m), d_(d), first_(first), count_(count), stream_(stream), o_(o), info_(info),
         report_(report), n_(static_cast<std::size_t>(d) * static_cast<std::size_t>(d)),
         x_(n_ * static_cast<std::size_t>(count), stream) {}
 
@@ -221,7 +217,7 @@ class Pass {
     DeviceBuffer<S> y(n_ * static_cast<std::size_t>(count_), stream_), p(n_ * static_cast<std::size_t>(count_), stream_);
     DeviceBuffer<double> err(static_cast<std::size_t>(count_), stream_);
     const unsigned blocks = static_cast<unsigned>(count_);
-    scaled_start<S><<<blocks, kThreads, 0, stream_>>>(m_, first_, x_.data(), d_, bad_);
+    scaled_start<S><<<blocks, kThreads, 0, stream_>>>(m_, first_, x_.data(), d_);
     HEADALIGN_CUDA_CHECK_LAUNCH("scaled_start");
     cublasHandle_t h = ctx_.blas(stream_);
     const int d = static_cast<int>(d_), c = static_cast<int>(count_);
@@ -271,9 +267,8 @@ class Pass {
     int lwork = 0;
     HEADALIGN_CUDA_TRY(cusolver_gesvdj_size(solver, d, a.data(), s.data(), u.data(), v.data(), &lwork, params.info));
     DeviceBuffer<S> work(static_cast<std::size_t>(std::max(lwork, 1)), stream_);
-    DeviceBuffer<int> bad_one(1, stream_);
     for (Index b : which) {
-      gather<S><<<1, kThreads, 0, stream_>>>(m_, first_ + b, a.data(), d_, bad_one.data());
+      gather<S><<<1, kThreads, 0, stream_>>>(m_, first_ + b, a.data(), d_, nullptr);
       HEADALIGN_CUDA_CHECK_LAUNCH("gather");
       HEADALIGN_CUDA_TRY(cusolver_gesvdj(solver, d, a.data(), s.data(), u.data(), v.data(), work.data(), lwork,
                                 info_ + first_ + b, params.info));
@@ -288,7 +283,7 @@ class Pass {
     DeviceBuffer<S> a(total, stream_), u(total, stream_), v(total, stream_),
         s(static_cast<std::size_t>(d_ * count_), stream_);
     const unsigned blocks = static_cast<unsigned>(count_);
-    gather<S><<<blocks, kThreads, 0, stream_>>>(m_, first_, a.data(), d_, bad_);
+    gather<S><<<blocks, kThreads, 0, stream_>>>(m_, first_, a.data(), d_, nullptr);
     HEADALIGN_CUDA_CHECK_LAUNCH("gather");
     GesvdjParams params(o_.tolerance, o_.max_iterations);
     cusolverDnHandle_t solver = ctx_.solver(stream_);
@@ -309,14 +304,13 @@ class Pass {
     const unsigned blocks = static_cast<unsigned>(count_);
     rope_rotations<S><<<blocks, kThreads, 0, stream_>>>(m_, first_, x_.data(), d_, rd,
                                                         o_.rope.pairing == RopeSpec::Pairing::Interleaved,
-                                                        k > 0 ? rest.data() : nullptr, bad_);
+                                                        k > 0 ? rest.data() : nullptr);
     HEADALIGN_CUDA_CHECK_LAUNCH("rope_rotations");
     if (k == 0) return {};
     PolarOptions inner = o_;
     inner.method = PolarMethod::NewtonSchulz;
-    DeviceBuffer<int> inner_bad(static_cast<std::size_t>(count_), stream_);
     BatchRef<const S> rest_ref{rest.data(), k * k, nullptr};
-    Pass<S> sub(ctx_, rest_ref, k, 0, count_, stream_, inner, inner_bad.data(), nullptr, report_);
+    Pass<S> sub(ctx_, rest_ref, k, 0, count_, stream_, inner, nullptr, report_);
     std::vector<double> errors = sub.newton_schulz();
     place_rest<S><<<blocks, kThreads, 0, stream_>>>(sub.x(), x_.data(), d_, rd);
     HEADALIGN_CUDA_CHECK_LAUNCH("place_rest");
@@ -347,7 +341,6 @@ class Pass {
   Index d_, first_, count_;
   cudaStream_t stream_;
   const PolarOptions& o_;
-  int* bad_;
   int* info_;
   PolarReport& report_;
   std::size_t n_;
@@ -369,22 +362,22 @@ PolarReport run_batched(Context& context, BatchRef<const S> m, BatchRef<S> r, S*
   const std::size_t per_matrix = 4 * n * sizeof(S);
   const Index chunk = std::max<Index>(1, std::min<Index>({batch, static_cast<Index>(o.scratch_bytes / per_matrix),
                                                           Index(std::numeric_limits<int>::max() / 4)}));
-  DeviceBuffer<int> bad(static_cast<std::size_t>(batch), stream);
   DeviceBuffer<int> info(static_cast<std::size_t>(batch), stream);
   HEADALIGN_CUDA_TRY(cudaMemsetAsync(info.data(), 0, sizeof(int) * static_cast<std::size_t>(batch), stream));
   const bool gesvdj = o.method == PolarMethod::GesvdjLoop || o.method == PolarMethod::GesvdjBatched;
   if (o.verify) {
     // Every input is checked before the first output is written (one read of the batch).
+    DeviceBuffer<int> bad(static_cast<std::size_t>(batch), stream);
     for (Index first = 0; first < batch; first += chunk) {
       const Index count = std::min(chunk, batch - first);
       gather<S><<<static_cast<unsigned>(count), kThreads, 0, stream>>>(m, first, nullptr, d, bad.data());
       HEADALIGN_CUDA_CHECK_LAUNCH("gather");
     }
-    check_inputs(to_host(bad.data(), batch, stream), 0);
+    check_inputs(to_host(bad.data(), batch, stream));
   }
   for (Index first = 0; first < batch; first += chunk) {
     const Index count = std::min(chunk, batch - first);
-    Pass<S> pass(context, m, d, first, count, stream, o, bad.data(), info.data(), report);
+    Pass<S> pass(context, m, d, first, count, stream, o, info.data(), report);
     std::vector<double> errors;
     switch (o.method) {
       case PolarMethod::NewtonSchulz:
