@@ -12,6 +12,10 @@
 #include <string>
 #include <type_traits>
 
+#ifdef HEADALIGN_USE_BLAS
+#include <cblas.h>
+#endif
+
 #define HEADALIGN_VERSION_MAJOR 0
 #define HEADALIGN_VERSION_MINOR 1
 #define HEADALIGN_VERSION_PATCH 0
@@ -56,6 +60,35 @@ template <class Derived>
 void check_finite(const Eigen::DenseBase<Derived>& m, const char* what) {
   if (!all_finite(m)) {
     throw_invalid_argument(std::string(what) + " contains NaN or Inf");
+  }
+}
+
+/// C ← A·B + beta·C for column-major Eigen matrices (C sized by the caller when beta ≠ 0): the
+/// d × d products of the polar factors, align_group() and predicted_merge_error(). With
+/// HEADALIGN_USE_BLAS a CBLAS ?gemm, otherwise Eigen.
+template <class S>
+void gemm(const Matrix<S>& a, const Matrix<S>& b, S beta, Matrix<S>& c) {
+  if (beta == S(0)) c.resize(a.rows(), b.cols());
+  if (c.size() == 0) return;
+#ifdef HEADALIGN_USE_BLAS
+  if constexpr (std::is_same<S, float>::value || std::is_same<S, double>::value) {
+    const int m = static_cast<int>(a.rows()), n = static_cast<int>(b.cols()), k = static_cast<int>(a.cols());
+    if (k == 0) {
+      c *= beta;
+      return;
+    }
+    if constexpr (std::is_same<S, float>::value)
+      cblas_sgemm(CblasColMajor, CblasNoTrans, CblasNoTrans, m, n, k, 1.0f, a.data(), m, b.data(), k, beta, c.data(), m);
+    else
+      cblas_dgemm(CblasColMajor, CblasNoTrans, CblasNoTrans, m, n, k, 1.0, a.data(), m, b.data(), k, beta, c.data(), m);
+    return;
+  }
+#endif
+  if (beta == S(0))
+    c.noalias() = a * b;
+  else {
+    c *= beta;
+    c.noalias() += a * b;
   }
 }
 

@@ -98,10 +98,14 @@ GpaResult<S> align_group(const HeadGram<S>& g, const std::vector<Index>& heads, 
   const S n = static_cast<S>(g.tokens());
 
   // tr(R_tᵀ G_tu R_u) = ⟨G_tu R_u, R_t⟩: one product per pair.
+  Matrix<S> product(d, d);
   auto objective = [&](const std::vector<Matrix<S>>& r) {
     S sum = 0;
     for (std::size_t t = 0; t < uk; ++t)
-      for (std::size_t u = t + 1; u < uk; ++u) sum += (blocks[t * uk + u] * r[u]).cwiseProduct(r[t]).sum();
+      for (std::size_t u = t + 1; u < uk; ++u) {
+        detail::gemm<S>(blocks[t * uk + u], r[u], S(0), product);
+        sum += product.cwiseProduct(r[t]).sum();
+      }
     return sum / n;
   };
   auto solve = [&](const Matrix<S>& m) { return procrustes(m, alignment, rope, options.procrustes).rotation; };
@@ -128,9 +132,9 @@ GpaResult<S> align_group(const HeadGram<S>& g, const std::vector<Index>& heads, 
       // also head t's share of the new objective: no extra products for it.
       for (std::size_t t = 0; t < uk; ++t) {
         lower.setZero();
-        for (std::size_t u = 0; u < t; ++u) lower.noalias() += blocks[t * uk + u] * result.rotations[u];
+        for (std::size_t u = 0; u < t; ++u) detail::gemm<S>(blocks[t * uk + u], result.rotations[u], S(1), lower);
         target = lower;
-        for (std::size_t u = t + 1; u < uk; ++u) target.noalias() += blocks[t * uk + u] * result.rotations[u];
+        for (std::size_t u = t + 1; u < uk; ++u) detail::gemm<S>(blocks[t * uk + u], result.rotations[u], S(1), target);
         result.rotations[t] = solve(target);
         obj += lower.cwiseProduct(result.rotations[t]).sum();
       }
@@ -138,7 +142,7 @@ GpaResult<S> align_group(const HeadGram<S>& g, const std::vector<Index>& heads, 
     } else {
       for (std::size_t t = 0; t < uk; ++t) {
         target.setZero();
-        for (std::size_t u = 0; u < uk; ++u) target.noalias() += blocks[t * uk + u] * result.rotations[u];
+        for (std::size_t u = 0; u < uk; ++u) detail::gemm<S>(blocks[t * uk + u], result.rotations[u], S(1), target);
         next[t] = solve(target);
       }
       result.rotations.swap(next);

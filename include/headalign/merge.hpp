@@ -260,13 +260,18 @@ MergeError<S> predicted_merge_error(const HeadGram<S>& g, const std::vector<std:
     for (std::size_t t = 0; t < k; ++t) w(static_cast<Index>(t)) = weights.size() ? weights(grp[t]) : S(1);
     const S total_w = w.sum();
     HEADALIGN_CHECK(total_w > S(0), "predicted_merge_error: the weights of group " << gi << " sum to zero");
-    // c(t, u) = tr(R_tᵀ G_tu R_u) = ⟨G_tu R_u, R_t⟩.
-    Matrix<S> c(static_cast<Index>(k), static_cast<Index>(k));
+    // c(t, u) = tr(R_tᵀ G_tu R_u) = ⟨G_tu R_u, R_t⟩: one product per pair.
+    Matrix<S> c(static_cast<Index>(k), static_cast<Index>(k)), product;
     for (std::size_t t = 0; t < k; ++t)
       for (std::size_t u = t; u < k; ++u) {
-        Matrix<S> gtu = g.block(grp[t], grp[u]);
-        if (!rotations.empty()) gtu = rotations[static_cast<std::size_t>(grp[t])].transpose() * gtu * rotations[static_cast<std::size_t>(grp[u])];
-        c(static_cast<Index>(t), static_cast<Index>(u)) = c(static_cast<Index>(u), static_cast<Index>(t)) = gtu.trace();
+        S ctu;
+        if (rotations.empty()) {
+          ctu = t == u ? g.trace(grp[t]) : g.block(grp[t], grp[u]).trace();
+        } else {
+          detail::gemm<S>(g.block(grp[t], grp[u]), rotations[static_cast<std::size_t>(grp[u])], S(0), product);
+          ctu = product.cwiseProduct(rotations[static_cast<std::size_t>(grp[t])]).sum();
+        }
+        c(static_cast<Index>(t), static_cast<Index>(u)) = c(static_cast<Index>(u), static_cast<Index>(t)) = ctu;
       }
     const S mean_sq = w.dot(c * w) / (total_w * total_w);
     const Vector<S> cross = c * w / total_w;

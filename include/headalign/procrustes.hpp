@@ -246,7 +246,7 @@ ProcrustesResult<S> polar(const Matrix<S>& m, bool proper_rotation, PolarMethod 
     u.col(n - 1) = -u.col(n - 1);
     score -= S(2) * sigma(n - 1);
   }
-  result.rotation.noalias() = u * v.transpose();
+  gemm<S>(u, Matrix<S>(v.transpose()), S(0), result.rotation);
   result.score = score;
   return result;
 }
