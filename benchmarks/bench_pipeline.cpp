@@ -60,6 +60,23 @@ void BM_SimilarityMatrix(benchmark::State& state) {
   state.counters["pairs"] = static_cast<double>(h * (h - 1) / 2);
 }
 
+// Baseline of BM_SimilarityMatrix<Orthogonal>: the same scores one pair at a time through
+// procrustes_score() (?gesdd('N') per pair with LAPACKE), as similarity_matrix() computed them
+// before it reduced several pairs together (detail/simd_bidiagonal.hpp).
+void BM_SimilarityMatrixOnePair(benchmark::State& state) {
+  const Index h = state.range(0), d = state.range(1);
+  const auto& g = gram(h, d, h / 4, false);
+  Matrix<double> sim(h, h);
+  for (auto _ : state) {
+    sim.setZero();
+    for (Index i = 0; i < h; ++i)
+      for (Index j = i + 1; j < h; ++j)
+        sim(i, j) = sim(j, i) = procrustes_score(g.block(i, j), Alignment::Orthogonal) / static_cast<double>(g.tokens());
+    benchmark::DoNotOptimize(sim.data());
+  }
+  state.counters["pairs"] = static_cast<double>(h * (h - 1) / 2);
+}
+
 void BM_GroupHeads(benchmark::State& state) {
   const auto method = static_cast<GroupingOptions::Method>(state.range(0));
   const Index h = state.range(1), groups = state.range(2);
@@ -160,6 +177,7 @@ void BM_ConvertLayerMeanPool(benchmark::State& state) { convert_layer_bench(stat
 
 BENCHMARK_TEMPLATE(BM_SimilarityMatrix, Alignment::Orthogonal)->Args({32, 128})->Unit(benchmark::kMillisecond);
 BENCHMARK_TEMPLATE(BM_SimilarityMatrix, Alignment::Rope)->Args({32, 128})->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_SimilarityMatrixOnePair)->Args({32, 128})->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_GroupHeads)->Args({0, 32, 8})->Args({1, 32, 8})->Args({0, 16, 4})->Args({1, 16, 4})->Args({2, 16, 4})
     ->Unit(benchmark::kMillisecond);
 BENCHMARK_TEMPLATE(BM_GpaGroup, GpaUpdate::Reference)->Args({4, 128})->Args({8, 128})->Unit(benchmark::kMillisecond);

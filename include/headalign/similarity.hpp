@@ -39,8 +39,8 @@ enum class Metric {
 /// Orthogonal and Rotation scores need singular values only. Where the one-pair path would call
 /// LAPACK ?gesdd (HEADALIGN_USE_LAPACKE, PolarMethod Auto or Gesdd) and the CPU has AVX2 and FMA,
 /// 4 pairs (double) or 8 (float) are bidiagonalised together in SIMD lanes and finished by
-/// ?bdsqr (detail/simd_bidiagonal.hpp): the same values to round-off, at 0.46× the time of a
-/// 32 × 128 value similarity (benchmarks/README.md).
+/// ?bdsqr (detail/simd_bidiagonal.hpp): the same values to round-off in about half the time
+/// (`BM_SimilarityMatrix` against `BM_SimilarityMatrixOnePair`, benchmarks/README.md).
 /// @throws invalid_argument when the Gram holds no tokens, or for an invalid RopeSpec
 template <class S>
 Matrix<S> similarity_matrix(const HeadGram<S>& g, Alignment alignment, Metric metric, RopeSpec rope = {},
