@@ -278,6 +278,54 @@ int normalize_exponent(Matrix<S>& m) {
   return e;
 }
 
+/// The RoPE closed form (see procrustes()) read straight from M, without copying it: M is
+/// checked like checked_square(), and the entries each plane reads are scaled by the same power
+/// of two as normalize_exponent() would scale all of M, so the results are the same. With
+/// @p with_rotation false only the score is computed (procrustes_score()).
+template <class S>
+ProcrustesResult<S> rope_solution(const Eigen::Ref<const Matrix<S>>& m, const RopeSpec& rope, PolarMethod method,
+                                  bool with_rotation) {
+  HEADALIGN_CHECK(m.rows() == m.cols(),
+                  "Procrustes matrix M must be square (d × d), got " << m.rows() << " × " << m.cols());
+  check_finite(m, "Procrustes matrix M");
+  const Index d = m.rows();
+  ProcrustesResult<S> result{with_rotation ? Matrix<S>(Matrix<S>::Identity(d, d)) : Matrix<S>(), S(0)};
+  if (d == 0 && !with_rotation) return result;
+  const Index r = rotary_dims(rope, d);
+  const S largest = d ? m.cwiseAbs().maxCoeff() : S(0);
+  int e = 0;
+  if (largest > S(0)) std::frexp(largest, &e);
+  const S s1 = std::ldexp(S(1), -(e / 2)), s2 = std::ldexp(S(1), -(e - e / 2));  // as normalize_exponent()
+  auto at = [&](Index i, Index j) { return m(i, j) * s1 * s2; };
+  for (const auto& plane : rope_planes(rope, d)) {
+    const Index a = plane.first, b = plane.second;
+    const S c0 = at(a, a) + at(b, b), s0 = at(b, a) - at(a, b);
+    const S h = std::hypot(c0, s0);
+    if (with_rotation) {
+      const S c = h > S(0) ? c0 / h : S(1), s = h > S(0) ? s0 / h : S(0);
+      result.rotation(a, a) = c;
+      result.rotation(a, b) = -s;
+      result.rotation(b, a) = s;
+      result.rotation(b, b) = c;
+    }
+    result.score += h;
+  }
+  if (r < d) {
+    Matrix<S> rest = m.bottomRightCorner(d - r, d - r);
+    rest *= s1;
+    rest *= s2;
+    if (with_rotation) {
+      auto solved = polar<S>(rest, false, method);
+      result.rotation.bottomRightCorner(d - r, d - r) = solved.rotation;
+      result.score += solved.score;
+    } else {
+      result.score += singular_values<S>(rest, svd_method(method, lapack_scalar<S>())).sum();
+    }
+  }
+  result.score = std::ldexp(result.score, e);
+  return result;
+}
+
 }  // namespace detail
 
 /// @brief The transform R of the set that @p alignment allows maximising \f$ \mathrm{tr}(R^\top M) \f$.
@@ -302,6 +350,8 @@ ProcrustesResult<typename Derived::Scalar> procrustes(const Eigen::MatrixBase<De
                                                       Alignment alignment = Alignment::Orthogonal,
                                                       RopeSpec rope = {}, ProcrustesOptions options = {}) {
   using S = typename Derived::Scalar;
+  static_assert(std::is_floating_point<S>::value, "headalign: Procrustes needs a floating-point scalar");
+  if (alignment == Alignment::Rope) return detail::rope_solution<S>(m, rope, options.method, true);
   Matrix<S> mm = detail::checked_square(m, "Procrustes matrix M");
   const Index d = mm.rows();
   if (alignment == Alignment::None) return {Matrix<S>::Identity(d, d), mm.trace()};
@@ -316,46 +366,38 @@ ProcrustesResult<typename Derived::Scalar> procrustes(const Eigen::MatrixBase<De
       return unscaled(detail::polar(mm, false, options.method));
     case Alignment::Rotation:
       return unscaled(detail::polar(mm, true, options.method));
-    case Alignment::Rope:
+    case Alignment::Rope:  // returned above
       break;
   }
-  const Index r = rotary_dims(rope, d);
-  ProcrustesResult<S> result{Matrix<S>::Identity(d, d), S(0)};
-  for (const auto& plane : rope_planes(rope, d)) {
-    const Index a = plane.first, b = plane.second;
-    const S c0 = mm(a, a) + mm(b, b), s0 = mm(b, a) - mm(a, b);
-    const S h = std::hypot(c0, s0);
-    const S c = h > S(0) ? c0 / h : S(1), s = h > S(0) ? s0 / h : S(0);
-    result.rotation(a, a) = c;
-    result.rotation(a, b) = -s;
-    result.rotation(b, a) = s;
-    result.rotation(b, b) = c;
-    result.score += h;
-  }
-  if (r < d) {
-    auto rest = detail::polar<S>(mm.bottomRightCorner(d - r, d - r), false, options.method);
-    result.rotation.bottomRightCorner(d - r, d - r) = rest.rotation;
-    result.score += rest.score;
-  }
-  return unscaled(std::move(result));
+  return {};
 }
 
 /// @brief The optimal score \f$ \max_R \mathrm{tr}(R^\top M) \f$ of procrustes() without forming R.
 ///
 /// Orthogonal: the nuclear norm Σσ (singular values only). Rotation: Σσ, minus 2σ_min when
 /// det M < 0 (det(UVᵀ) has the sign of det M). Rope: Σ_p hypot(m00+m11, m10−m01) plus the
-/// nuclear norm of the non-rotary block. None: tr M.
+/// nuclear norm of the non-rotary block. None: tr M. When the polar method resolves to `Newton`
+/// (`Auto` without LAPACKE), Orthogonal and Rotation scores are ⟨R, M⟩ of the Newton polar
+/// factor instead (the same value to round-off; 4–6× faster than Eigen's Jacobi SVD at d = 128).
 /// @throws invalid_argument as procrustes()
 template <class Derived>
 typename Derived::Scalar procrustes_score(const Eigen::MatrixBase<Derived>& m, Alignment alignment,
                                           RopeSpec rope = {}, ProcrustesOptions options = {}) {
   using S = typename Derived::Scalar;
+  static_assert(std::is_floating_point<S>::value, "headalign: Procrustes needs a floating-point scalar");
+  if (alignment == Alignment::Rope) return detail::rope_solution<S>(m, rope, options.method, false).score;
   Matrix<S> mm = detail::checked_square(m, "Procrustes matrix M");
   const Index d = mm.rows();
   if (d == 0) return S(0);
   if (alignment == Alignment::None) return mm.trace();
   const int e = detail::normalize_exponent(mm);  // as in procrustes()
   const PolarMethod method = detail::svd_method(options.method, detail::lapack_scalar<S>());
+  // Without LAPACK the Newton polar factor R is several times faster than Eigen's SVDs, and
+  // tr(RᵀM) is stationary in R at the optimum, so its error is second order in R's.
+  // polar() takes the SVD itself for near-singular M and for det M < 0 under Rotation.
+  const bool newton = detail::resolve_method(options.method, detail::lapack_scalar<S>()) == PolarMethod::Newton;
+  if (newton && (alignment == Alignment::Orthogonal || alignment == Alignment::Rotation))
+    return std::ldexp(detail::polar(mm, alignment == Alignment::Rotation, PolarMethod::Newton).score, e);
   switch (alignment) {
     case Alignment::None:  // returned above
     case Alignment::Orthogonal:
@@ -364,17 +406,10 @@ typename Derived::Scalar procrustes_score(const Eigen::MatrixBase<Derived>& m, A
       const Vector<S> sigma = detail::singular_values(mm, method);
       return std::ldexp(detail::det_sign(mm) < 0 ? sigma.sum() - S(2) * sigma(d - 1) : sigma.sum(), e);
     }
-    case Alignment::Rope:
+    case Alignment::Rope:  // returned above
       break;
   }
-  const Index r = rotary_dims(rope, d);
-  S score = 0;
-  for (const auto& plane : rope_planes(rope, d)) {
-    const Index a = plane.first, b = plane.second;
-    score += std::hypot(mm(a, a) + mm(b, b), mm(b, a) - mm(a, b));
-  }
-  if (r < d) score += detail::singular_values<S>(mm.bottomRightCorner(d - r, d - r), method).sum();
-  return std::ldexp(score, e);
+  return S(0);
 }
 
 /// @brief SciPy's `orthogonal_procrustes(A, B)`: R = argmin ‖A R − B‖_F over orthogonal R.

@@ -68,6 +68,7 @@ Matrix<S> similarity_matrix(const HeadGram<S>& g, Alignment alignment, Metric me
   for (Index i = 0; i < h; ++i)
     for (Index j = i + 1; j < h; ++j) pairs.emplace_back(i, j);
   std::size_t done = 0;
+  const Index d = g.head_dim();
 #if HEADALIGN_SIMD_BIDIAGONAL
   // Several pairs at once (detail/simd_bidiagonal.hpp) where the one-pair path would call ?gesdd:
   // the same singular values, read straight from the Gram's lower triangle (G_ji = G_ijᵀ has the
@@ -76,7 +77,7 @@ Matrix<S> similarity_matrix(const HeadGram<S>& g, Alignment alignment, Metric me
   if constexpr (width > 1) {
     if ((alignment == Alignment::Orthogonal || alignment == Alignment::Rotation) &&
         detail::svd_method(options.method, detail::lapack_scalar<S>()) == PolarMethod::Gesdd) {
-      const Index d = g.head_dim(), ld = g.lower().rows();
+      const Index ld = g.lower().rows();
       std::vector<Vector<S>> sigma;
       std::vector<int> sign;
       const S* blocks[width];
@@ -100,7 +101,8 @@ Matrix<S> similarity_matrix(const HeadGram<S>& g, Alignment alignment, Metric me
 #endif
   for (; done < pairs.size(); ++done) {
     const auto [i, j] = pairs[done];
-    store(i, j, procrustes_score(g.block(i, j), alignment, rope, options));
+    // Every score is the same for G_ij and G_ji = G_ijᵀ (R ↦ Rᵀ), so read G_ji in place.
+    store(i, j, procrustes_score(g.lower().block(j * d, i * d, d, d), alignment, rope, options));
   }
   return sim;
 }
