@@ -310,3 +310,36 @@ TEST_CASE("bad input throws invalid_argument naming the values", "[procrustes][e
   const Matrix<double> a = Matrix<double>::Ones(5, 3), b = Matrix<double>::Ones(4, 3);
   REQUIRE_THROWS_WITH(orthogonal_procrustes(a, b), Catch::Contains("5 × 3") && Catch::Contains("4 × 3"));
 }
+
+TEMPLATE_TEST_CASE("Auto on well-conditioned M (the Newton fast path with LAPACKE) equals the SVD's polar factor",
+                   "[procrustes]", float, double) {
+  // M = U diag(σ) Vᵀ with σ in [1, 2] (κ ≤ 2, where Auto iterates instead of calling ?gesdd):
+  // the polar factor is U Vᵀ exactly, the best rotation flips the last column of U when
+  // det(U Vᵀ) < 0, and the scores are Σσ and Σσ − 2σ_min.
+  using S = TestType;
+  std::mt19937_64 rng(91);
+  for (Index d : {16, 48, 128}) {
+    for (bool reflect : {false, true}) {
+      Matrix<double> u = random_orthogonal<double>(d, rng), v = random_orthogonal<double>(d, rng);
+      if ((u.determinant() * v.determinant() < 0) != reflect) u.col(0) = -u.col(0);
+      Vector<double> sigma(d);
+      for (Index i = 0; i < d; ++i) sigma(i) = 2.0 - static_cast<double>(i) / static_cast<double>(d);  // descending
+      const Matrix<S> m = (u * sigma.asDiagonal() * v.transpose()).cast<S>();
+      CAPTURE(d, reflect);
+      const auto orth = procrustes(m, Alignment::Orthogonal);
+      CHECK((orth.rotation.template cast<double>() - u * v.transpose()).cwiseAbs().maxCoeff() < tol<S>(d));
+      CHECK(std::abs(static_cast<double>(orth.score) - sigma.sum()) < tol<S>(d, sigma.sum()));
+      CHECK(orthogonality_error(orth.rotation) < tol<S>(d));
+      Matrix<double> u_rot = u;
+      if (reflect) u_rot.col(d - 1) = -u_rot.col(d - 1);
+      const auto rot = procrustes(m, Alignment::Rotation);
+      CHECK((rot.rotation.template cast<double>() - u_rot * v.transpose()).cwiseAbs().maxCoeff() < tol<S>(d));
+      CHECK(std::abs(static_cast<double>(rot.score) - (sigma.sum() - (reflect ? 2.0 * sigma(d - 1) : 0.0))) <
+            tol<S>(d, sigma.sum()));
+      CHECK(rot.rotation.template cast<double>().determinant() > 0);
+      // Auto and the explicit SVD agree.
+      const auto svd = procrustes(m, Alignment::Orthogonal, {}, {PolarMethod::JacobiSvd});
+      CHECK((orth.rotation - svd.rotation).cwiseAbs().maxCoeff() < tol<S>(d));
+    }
+  }
+}

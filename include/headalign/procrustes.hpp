@@ -17,6 +17,7 @@
 
 #include <cmath>
 #include <type_traits>
+#include <vector>
 
 #ifdef HEADALIGN_USE_LAPACKE
 #include <lapacke.h>
@@ -89,6 +90,16 @@ inline PolarMethod svd_method(PolarMethod m, bool lapack_ok) {
 }
 
 #ifdef HEADALIGN_USE_LAPACKE
+inline lapack_int getrf(lapack_int n, float* a, lapack_int* piv) { return LAPACKE_sgetrf(LAPACK_COL_MAJOR, n, n, a, n, piv); }
+inline lapack_int getrf(lapack_int n, double* a, lapack_int* piv) { return LAPACKE_dgetrf(LAPACK_COL_MAJOR, n, n, a, n, piv); }
+inline lapack_int getri(lapack_int n, float* a, const lapack_int* piv) { return LAPACKE_sgetri(LAPACK_COL_MAJOR, n, a, n, piv); }
+inline lapack_int getri(lapack_int n, double* a, const lapack_int* piv) { return LAPACKE_dgetri(LAPACK_COL_MAJOR, n, a, n, piv); }
+inline lapack_int gecon(lapack_int n, const float* lu, float anorm, float* rcond) {
+  return LAPACKE_sgecon(LAPACK_COL_MAJOR, '1', n, lu, n, anorm, rcond);
+}
+inline lapack_int gecon(lapack_int n, const double* lu, double anorm, double* rcond) {
+  return LAPACKE_dgecon(LAPACK_COL_MAJOR, '1', n, lu, n, anorm, rcond);
+}
 inline lapack_int gesdd(char jobz, lapack_int n, float* a, float* s, float* u, float* vt) {
   return LAPACKE_sgesdd(LAPACK_COL_MAJOR, jobz, n, n, a, n, s, u, n, vt, n);
 }
@@ -220,12 +231,84 @@ bool newton_polar(const Matrix<S>& m, Matrix<S>& r, int& det_sign_out) {
   return false;
 }
 
+#ifdef HEADALIGN_USE_LAPACKE
+/// `Auto`'s fast path with LAPACK: the scaled Newton iteration of newton_polar() on LAPACK LU
+/// inverses (?getrf/?getri), taken only for well-conditioned M — 1-norm condition estimate
+/// (?gecon) at most 2n, which the estimate exceeds already near κ₂ ≈ 3 at n = 128 — where it
+/// settles in 3–5 steps and beats ?gesdd + GEMM at head sizes.
+/// Returns false, and the caller takes ?gesdd, for anything else: a worse condition, det M < 0
+/// when @p proper_rotation, or no convergence within 10 steps.
+template <class S>
+bool newton_polar_lapack(const Matrix<S>& m, bool proper_rotation, Matrix<S>& r) {
+  const Index n = m.rows();
+  const auto ln = static_cast<lapack_int>(n);
+  const S eps = Eigen::NumTraits<S>::epsilon();
+  Matrix<S> x = m, inv = m, next(n, n);
+  std::vector<lapack_int> piv(static_cast<std::size_t>(n));
+  if (getrf(ln, inv.data(), piv.data()) != 0) return false;  // info > 0: singular
+  S rcond = 0;
+  if (gecon(ln, inv.data(), m.cwiseAbs().colwise().sum().maxCoeff(), &rcond) != 0 || !(rcond * S(2) * static_cast<S>(n) >= S(1))) return false;
+  if (proper_rotation) {
+    int sign = 1;
+    for (Index i = 0; i < n; ++i) {
+      if (piv[static_cast<std::size_t>(i)] != static_cast<lapack_int>(i + 1)) sign = -sign;
+      if (inv(i, i) < S(0)) sign = -sign;
+    }
+    if (sign < 0) return false;  // the best rotation flips σ_min: the SVD's job
+  }
+  auto norm1_inf = [](const Matrix<S>& a) {
+    return a.cwiseAbs().colwise().sum().maxCoeff() * a.cwiseAbs().rowwise().sum().maxCoeff();
+  };
+  bool scaling = true;
+  for (int it = 0; it < 10; ++it) {
+    if (it > 0) {
+      inv = x;
+      if (getrf(ln, inv.data(), piv.data()) != 0) return false;
+    }
+    if (getri(ln, inv.data(), piv.data()) != 0) return false;  // inv = X⁻¹
+    S zeta = 1;
+    if (scaling) {
+      zeta = std::pow(norm1_inf(inv) / norm1_inf(x), S(0.25));
+      if (!std::isfinite(static_cast<double>(zeta)) || zeta <= S(0)) return false;
+    }
+    next = S(0.5) * (zeta * x + inv.transpose() / zeta);
+    const S delta = (next - x).norm() / next.norm();
+    x.swap(next);
+    if (!all_finite(x)) return false;
+    if (delta < S(1e-2)) scaling = false;
+    if (delta <= S(10) * static_cast<S>(n) * eps) {
+      r = x;
+      return true;
+    }
+    if (delta <= std::sqrt(static_cast<S>(n) * eps)) {  // one more step is accurate to about nε
+      inv = x;
+      if (getrf(ln, inv.data(), piv.data()) != 0 || getri(ln, inv.data(), piv.data()) != 0) return false;
+      r = S(0.5) * (x + inv.transpose());
+      return all_finite(r);
+    }
+  }
+  return false;
+}
+#endif
+
 /// Polar factor of M (optionally restricted to det = +1) and its score tr(Rᵀ M).
 template <class S>
 ProcrustesResult<S> polar(const Matrix<S>& m, bool proper_rotation, PolarMethod method) {
   const Index n = m.rows();
   ProcrustesResult<S> result{Matrix<S>::Identity(n, n), S(0)};
   if (n == 0) return result;
+#ifdef HEADALIGN_USE_LAPACKE
+  if constexpr (lapack_scalar<S>()) {
+    if (method == PolarMethod::Auto && n >= 16) {
+      Matrix<S> r;
+      if (newton_polar_lapack(m, proper_rotation, r)) {
+        result.score = r.cwiseProduct(m).sum();
+        result.rotation = std::move(r);
+        return result;
+      }
+    }
+  }
+#endif
   method = resolve_method(method, lapack_scalar<S>());
   if (method == PolarMethod::Newton) {
     int sign = 1;
