@@ -44,7 +44,9 @@ enum class Alignment {
 
 /// @brief How the polar factor \f$ U V^\top \f$ of a square matrix is computed.
 enum class PolarMethod {
-  Auto,       ///< Gesdd when LAPACKE is available, otherwise Newton (the fastest measured; see README)
+  /// With LAPACKE: Newton on LAPACK LU inverses for well-conditioned M (1-norm condition estimate
+  /// ≤ 2n), Gesdd otherwise; without LAPACKE: Newton (the fastest measured; see README)
+  Auto,
   JacobiSvd,  ///< Eigen::JacobiSVD (two-sided Jacobi: most accurate, slowest)
   BdcSvd,     ///< Eigen::BDCSVD (divide and conquer); needs HEADALIGN_ENABLE_BDCSVD, see below
   Gesdd,      ///< LAPACK ?gesdd through LAPACKE (needs HEADALIGN_USE_LAPACKE, else falls back to JacobiSvd)
@@ -243,11 +245,14 @@ bool newton_polar_lapack(const Matrix<S>& m, bool proper_rotation, Matrix<S>& r)
   const Index n = m.rows();
   const auto ln = static_cast<lapack_int>(n);
   const S eps = Eigen::NumTraits<S>::epsilon();
-  Matrix<S> x = m, inv = m, next(n, n);
+  Matrix<S> inv = m;
   std::vector<lapack_int> piv(static_cast<std::size_t>(n));
   if (getrf(ln, inv.data(), piv.data()) != 0) return false;  // info > 0: singular
   S rcond = 0;
-  if (gecon(ln, inv.data(), m.cwiseAbs().colwise().sum().maxCoeff(), &rcond) != 0 || !(rcond * S(2) * static_cast<S>(n) >= S(1))) return false;
+  if (gecon(ln, inv.data(), m.cwiseAbs().colwise().sum().maxCoeff(), &rcond) != 0 ||
+      !(rcond * S(2) * static_cast<S>(n) >= S(1)))
+    return false;
+  Matrix<S> x = m, next(n, n);
   if (proper_rotation) {
     int sign = 1;
     for (Index i = 0; i < n; ++i) {
