@@ -100,8 +100,12 @@ TEMPLATE_TEST_CASE("GPA in Gram space equals GPA on the activations", "[gpa]", f
     o.update = update;
     const auto res = align_group(g, heads, al, {}, o);
     const auto ref = direct_gpa(xs, al, {}, 5, 0, sequential);
-    // (In float a converged sequential run can see a gain of −1e-7 and stop one step early.)
-    if (std::is_same<S, double>::value || !sequential) CHECK(res.iterations == ref.iterations);
+    // (In float a converged run can see a gain of −1e-7 from round-off and stop one step early;
+    // which run does depends on the compiler and on the polar method that Auto picks.)
+    if (std::is_same<S, double>::value)
+      CHECK(res.iterations == ref.iterations);
+    else
+      CHECK(std::abs(res.iterations - ref.iterations) <= 1);
     CHECK(std::abs(static_cast<double>(res.objective) - ref.objective) < tol<S>(n, 10.0));
     for (std::size_t t = 0; t < heads.size(); ++t) {
       CHECK(orthogonality_error(res.rotations[t]) < tol<S>(d));

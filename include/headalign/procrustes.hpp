@@ -184,115 +184,103 @@ int det_sign(const Matrix<S>& m) {
   return lu_det_sign<S>(Eigen::PartialPivLU<Matrix<S>>(m));
 }
 
-/// Scaled Newton iteration for the polar factor of a nonsingular M (Higham, "Functions of
-/// Matrices", Alg. 8.20, (1,∞)-norm scaling). Returns false when M is too ill-conditioned for
-/// the iteration to be accurate (reciprocal condition estimate below n·ε) or it fails to converge;
-/// the caller then uses an SVD.
-template <class S>
-bool newton_polar(const Matrix<S>& m, Matrix<S>& r, int& det_sign_out) {
-  using std::abs;
-  using std::pow;
-  using std::sqrt;
+/// The scaled Newton iteration for the polar factor (Higham, "Functions of Matrices", Alg. 8.20)
+/// shared by newton_polar() and newton_polar_lapack(): from X = @p x, X ← (ζX + ζ⁻¹X⁻ᵀ)/2 with
+/// the (1,∞)-norm scaling ζ while δ = ‖X_new − X‖_F/‖X_new‖_F ≥ 1e-2 (scaling only helps far from
+/// convergence), unscaled after. Quadratic convergence: it stops when δ ≤ 10nε, or one step after
+/// δ ≤ √(nε), which is then accurate to about nε. @p invert(X, X⁻¹) computes the inverse (false:
+/// give up). Returns false on a non-finite iterate or without convergence in @p max_steps.
+template <class S, class Invert>
+bool newton_iterate(Matrix<S> x, Invert&& invert, int max_steps, Matrix<S>& r) {
   const S eps = Eigen::NumTraits<S>::epsilon();
-  const Index n = m.rows();
-  Matrix<S> x = m, xinv(n, n);
+  const Index n = x.rows();
+  Matrix<S> xinv(n, n), next(n, n);
+  auto norm1_inf = [](const Matrix<S>& a) {
+    return a.cwiseAbs().colwise().sum().maxCoeff() * a.cwiseAbs().rowwise().sum().maxCoeff();
+  };
   bool scaling = true;
-  for (int it = 0; it < 40; ++it) {
-    Eigen::PartialPivLU<Matrix<S>> lu(x);
-    if (it == 0) {
-      // Near-singular M (condition estimate above 1/(n·ε)) goes to the SVD: there the LU
-      // inverse, and so the iteration, loses all accuracy.
-      if (!(lu.rcond() > static_cast<S>(n) * eps)) return false;
-      det_sign_out = lu_det_sign<S>(lu);
-    }
-    xinv = lu.inverse();
+  for (int it = 0; it < max_steps; ++it) {
+    if (!invert(x, xinv)) return false;
     S zeta = 1;
     if (scaling) {
-      const S num = xinv.cwiseAbs().colwise().sum().maxCoeff() * xinv.cwiseAbs().rowwise().sum().maxCoeff();
-      const S den = x.cwiseAbs().colwise().sum().maxCoeff() * x.cwiseAbs().rowwise().sum().maxCoeff();
-      zeta = pow(num / den, S(0.25));
+      zeta = std::pow(norm1_inf(xinv) / norm1_inf(x), S(0.25));
       if (!std::isfinite(static_cast<double>(zeta)) || zeta <= S(0)) return false;
     }
-    Matrix<S> next = S(0.5) * (zeta * x + xinv.transpose() / zeta);
+    next = S(0.5) * (zeta * x + xinv.transpose() / zeta);
     const S delta = (next - x).norm() / next.norm();
     x.swap(next);
     if (!all_finite(x)) return false;
-    // Scaling only helps far from convergence (Higham: switch it off once δ < 1e-2).
     if (delta < S(1e-2)) scaling = false;
-    // Quadratic convergence: once δ ≤ √(nε) the next step is accurate to about nε; stop after it.
     if (delta <= S(10) * static_cast<S>(n) * eps) {
-      r = x;
+      r = std::move(x);
       return true;
     }
-    if (delta <= sqrt(static_cast<S>(n) * eps)) {
-      lu.compute(x);
-      r = S(0.5) * (x + lu.inverse().transpose());
+    if (delta <= std::sqrt(static_cast<S>(n) * eps)) {
+      if (!invert(x, xinv)) return false;
+      r = S(0.5) * (x + xinv.transpose());
       return all_finite(r);
     }
   }
   return false;
 }
 
+/// Scaled Newton iteration (newton_iterate()) for the polar factor of a nonsingular M, on Eigen
+/// LU inverses. Returns false when M is too ill-conditioned for the iteration to be accurate
+/// (reciprocal condition estimate below n·ε: there the LU inverse, and so the iteration, loses
+/// all accuracy) or it fails to converge; the caller then uses an SVD.
+template <class S>
+bool newton_polar(const Matrix<S>& m, Matrix<S>& r, int& det_sign_out) {
+  const S eps = Eigen::NumTraits<S>::epsilon();
+  Eigen::PartialPivLU<Matrix<S>> lu(m);
+  if (!(lu.rcond() > static_cast<S>(m.rows()) * eps)) return false;
+  det_sign_out = lu_det_sign<S>(lu);
+  bool first = true;  // the first inverse is M's, already factored
+  auto invert = [&](const Matrix<S>& x, Matrix<S>& xinv) {
+    if (!first) lu.compute(x);
+    first = false;
+    xinv = lu.inverse();
+    return true;
+  };
+  return newton_iterate<S>(m, invert, 40, r);
+}
+
 #ifdef HEADALIGN_USE_LAPACKE
-/// `Auto`'s fast path with LAPACK: the scaled Newton iteration of newton_polar() on LAPACK LU
-/// inverses (?getrf/?getri), taken only for well-conditioned M — 1-norm condition estimate
-/// (?gecon) at most 2n, which the estimate exceeds already near κ₂ ≈ 3 at n = 128 — where it
-/// settles in 3–5 steps and beats ?gesdd + GEMM at head sizes.
-/// Returns false, and the caller takes ?gesdd, for anything else: a worse condition, det M < 0
-/// when @p proper_rotation, or no convergence within 10 steps.
+/// `Auto`'s fast path with LAPACK: newton_iterate() on LAPACK LU inverses (?getrf/?getri),
+/// taken only for well-conditioned M — 1-norm condition estimate (?gecon) at most 2n, which the
+/// estimate exceeds already near κ₂ ≈ 3 at n = 128 — where it settles in 3–5 steps and beats
+/// ?gesdd + GEMM at head sizes. Returns false, and the caller takes ?gesdd, for anything else: a
+/// worse condition, det M < 0 when @p proper_rotation, or no convergence within 10 steps.
 template <class S>
 bool newton_polar_lapack(const Matrix<S>& m, bool proper_rotation, Matrix<S>& r) {
   const Index n = m.rows();
   const auto ln = static_cast<lapack_int>(n);
-  const S eps = Eigen::NumTraits<S>::epsilon();
-  Matrix<S> inv = m;
+  Matrix<S> lu = m;
   std::vector<lapack_int> piv(static_cast<std::size_t>(n));
-  if (getrf(ln, inv.data(), piv.data()) != 0) return false;  // info > 0: singular
+  if (getrf(ln, lu.data(), piv.data()) != 0) return false;  // info > 0: singular
   S rcond = 0;
-  if (gecon(ln, inv.data(), m.cwiseAbs().colwise().sum().maxCoeff(), &rcond) != 0 ||
+  if (gecon(ln, lu.data(), m.cwiseAbs().colwise().sum().maxCoeff(), &rcond) != 0 ||
       !(rcond * S(2) * static_cast<S>(n) >= S(1)))
     return false;
-  Matrix<S> x = m, next(n, n);
   if (proper_rotation) {
     int sign = 1;
     for (Index i = 0; i < n; ++i) {
       if (piv[static_cast<std::size_t>(i)] != static_cast<lapack_int>(i + 1)) sign = -sign;
-      if (inv(i, i) < S(0)) sign = -sign;
+      if (lu(i, i) < S(0)) sign = -sign;
     }
     if (sign < 0) return false;  // the best rotation flips σ_min: the SVD's job
   }
-  auto norm1_inf = [](const Matrix<S>& a) {
-    return a.cwiseAbs().colwise().sum().maxCoeff() * a.cwiseAbs().rowwise().sum().maxCoeff();
+  bool first = true;  // the first inverse is M's, already factored
+  auto invert = [&](const Matrix<S>& x, Matrix<S>& xinv) {
+    if (first) {
+      first = false;
+      xinv.swap(lu);
+    } else {
+      xinv = x;
+      if (getrf(ln, xinv.data(), piv.data()) != 0) return false;
+    }
+    return getri(ln, xinv.data(), piv.data()) == 0;
   };
-  bool scaling = true;
-  for (int it = 0; it < 10; ++it) {
-    if (it > 0) {
-      inv = x;
-      if (getrf(ln, inv.data(), piv.data()) != 0) return false;
-    }
-    if (getri(ln, inv.data(), piv.data()) != 0) return false;  // inv = X⁻¹
-    S zeta = 1;
-    if (scaling) {
-      zeta = std::pow(norm1_inf(inv) / norm1_inf(x), S(0.25));
-      if (!std::isfinite(static_cast<double>(zeta)) || zeta <= S(0)) return false;
-    }
-    next = S(0.5) * (zeta * x + inv.transpose() / zeta);
-    const S delta = (next - x).norm() / next.norm();
-    x.swap(next);
-    if (!all_finite(x)) return false;
-    if (delta < S(1e-2)) scaling = false;
-    if (delta <= S(10) * static_cast<S>(n) * eps) {
-      r = x;
-      return true;
-    }
-    if (delta <= std::sqrt(static_cast<S>(n) * eps)) {  // one more step is accurate to about nε
-      inv = x;
-      if (getrf(ln, inv.data(), piv.data()) != 0 || getri(ln, inv.data(), piv.data()) != 0) return false;
-      r = S(0.5) * (x + inv.transpose());
-      return all_finite(r);
-    }
-  }
-  return false;
+  return newton_iterate<S>(m, invert, 10, r);
 }
 #endif
 

@@ -170,20 +170,14 @@ __attribute__((always_inline)) inline void bidiagonalize_lanes(V* a, int n, V* d
   }
 }
 
-__attribute__((target("avx2,fma"))) inline void bidiagonalize_avx2(SimdLanes<double>::type* a, int n,
-                                                                   SimdLanes<double>::type* d,
-                                                                   SimdLanes<double>::type* e,
-                                                                   SimdLanes<double>::type* z,
-                                                                   SimdLanes<double>::type& flips) {
-  bidiagonalize_lanes<double>(a, n, d, e, z, flips);
-}
-
-__attribute__((target("avx2,fma"))) inline void bidiagonalize_avx2(SimdLanes<float>::type* a, int n,
-                                                                   SimdLanes<float>::type* d,
-                                                                   SimdLanes<float>::type* e,
-                                                                   SimdLanes<float>::type* z,
-                                                                   SimdLanes<float>::type& flips) {
-  bidiagonalize_lanes<float>(a, n, d, e, z, flips);
+/// bidiagonalize_lanes() compiled for AVX2 + FMA (callers check simd_bidiagonal_available()).
+template <class S>
+__attribute__((target("avx2,fma"))) inline void bidiagonalize_avx2(typename SimdLanes<S>::type* a, int n,
+                                                                   typename SimdLanes<S>::type* d,
+                                                                   typename SimdLanes<S>::type* e,
+                                                                   typename SimdLanes<S>::type* z,
+                                                                   typename SimdLanes<S>::type& flips) {
+  bidiagonalize_lanes<S>(a, n, d, e, z, flips);
 }
 
 inline lapack_int bdsqr_values(lapack_int n, double* d, double* e, double* work) {
@@ -232,7 +226,7 @@ bool simd_singular_values(const S* const* blocks, int count, Index n, Index ld, 
       for (Index i = 0; i < n; ++i) a[static_cast<std::size_t>(i + j * n)][l] = m[i + j * ld] * s1 * s2;
   }
   V flips;
-  bidiagonalize_avx2(a, static_cast<int>(n), d, e, z, flips);
+  bidiagonalize_avx2<S>(a, static_cast<int>(n), d, e, z, flips);
   sigma.resize(static_cast<std::size_t>(count));
   det_sign.resize(static_cast<std::size_t>(count));
   Vector<S> diag(n), super(std::max<Index>(n - 1, 1)), work(4 * n);
