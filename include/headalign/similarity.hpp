@@ -76,7 +76,7 @@ Matrix<S> similarity_matrix(const HeadGram<S>& g, Alignment alignment, Metric me
   constexpr int width = detail::simd_bidiagonal_width<S>();
   if constexpr (width > 1) {
     if ((alignment == Alignment::Orthogonal || alignment == Alignment::Rotation) &&
-        detail::svd_method(options.method, detail::lapack_scalar<S>()) == PolarMethod::Gesdd) {
+        detail::resolve_method(options.method, detail::lapack_scalar<S>()) == PolarMethod::Gesdd) {
       const Index ld = g.lower().rows();
       std::vector<Vector<S>> sigma;
       std::vector<int> sign;

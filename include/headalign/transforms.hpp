@@ -26,10 +26,6 @@
 #include <type_traits>
 #include <vector>
 
-#ifdef HEADALIGN_USE_BLAS
-#include <cblas.h>
-#endif
-
 namespace headalign {
 
 /// @brief The four projections of one attention layer in Hugging Face `nn.Linear` layout.
@@ -105,36 +101,6 @@ struct AttentionWeights {
 };
 
 namespace detail {
-
-/// C ← A · op(B) for row-major A (m × k, leading dimension lda), B (k × n, or n × k when
-/// @p trans_b) and C (m × n, ldc): the per-head products of apply_alignment(). With
-/// HEADALIGN_USE_BLAS a CBLAS ?gemm (the aligned fold of a 32 × 128 layer in 0.62× the pure-Eigen
-/// time in double, 0.71× in float: benchmarks/README.md), otherwise Eigen.
-template <class S>
-void gemm_row_major(Index m, Index n, Index k, const S* a, Index lda, const S* b, Index ldb, bool trans_b, S* c, Index ldc) {
-  if (m == 0 || n == 0) return;
-#ifdef HEADALIGN_USE_BLAS
-  if constexpr (std::is_same<S, float>::value || std::is_same<S, double>::value) {
-    const auto tb = trans_b ? CblasTrans : CblasNoTrans;
-    const int im = static_cast<int>(m), in = static_cast<int>(n), ik = static_cast<int>(k);
-    if constexpr (std::is_same<S, float>::value)
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, tb, im, in, ik, 1.0f, a, static_cast<int>(lda), b, static_cast<int>(ldb), 0.0f, c,
-                  static_cast<int>(ldc));
-    else
-      cblas_dgemm(CblasRowMajor, CblasNoTrans, tb, im, in, ik, 1.0, a, static_cast<int>(lda), b, static_cast<int>(ldb), 0.0, c,
-                  static_cast<int>(ldc));
-    return;
-  }
-#endif
-  using RowMajor = Eigen::Matrix<S, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-  using In = Eigen::Map<const RowMajor, 0, Eigen::OuterStride<>>;
-  Eigen::Map<RowMajor, 0, Eigen::OuterStride<>> out(c, m, n, Eigen::OuterStride<>(ldc));
-  const In lhs(a, m, k, Eigen::OuterStride<>(lda));
-  if (trans_b)
-    out.noalias() = lhs * In(b, n, k, Eigen::OuterStride<>(ldb)).transpose();
-  else
-    out.noalias() = lhs * In(b, k, n, Eigen::OuterStride<>(ldb));
-}
 
 /// Throws invalid_argument for a result that came out NaN or Inf from finite, validated inputs:
 /// the arithmetic left S's range (e.g. float weights near 1e38, whose squares overflow).
