@@ -81,7 +81,7 @@ void run(const std::uint8_t* par, const std::uint8_t* data, std::size_t size) {
   o.grouping.method = methods[(m >> 4) & 3];
   o.grouping.restarts = 2;
   o.grouping.iterations = 40;
-  o.grouping.descents = 8;
+  o.grouping.steps = 80;
   o.gpa.max_iterations = 20;
   MergeOptions merge;
   merge.weighting = weightings[m & 3];

@@ -15,7 +15,7 @@ void plan_loaded(const HeadGram<S>& keys, const HeadGram<S>& values, Index group
   PlanOptions o;
   o.num_groups = groups;
   o.metric = keys.normalize_rows() ? Metric::Cosine : Metric::Distance;
-  o.grouping.descents = 20;
+  o.grouping.steps = 200;
   const LayerPlan<S> plan = plan_layer(keys, values, o);
   fuzz::check_finite(plan.similarity, "the similarity");
   for (const auto& r : plan.key_rotations) fuzz::check_finite(r, "a key rotation");

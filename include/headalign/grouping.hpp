@@ -4,11 +4,13 @@
 /// Objective (Sec. 3.3 of arXiv 2412.20677): \f$ \sum_{c} \sum_{i<j \in c} s_{ij} \f$ over groups
 /// of H/g heads each. The reference searches it by random-restart hill climbing; `LocalSearch`
 /// keeps, for every head h and group c, \f$ S_{hc} = \sum_{j \in c} s_{hj} \f$, so the gain of
-/// swapping heads a ∈ A and b ∈ B is \f$ S_{aB} - S_{aA} + S_{bA} - S_{bB} - 2 s_{ab} \f$ in O(1).
+/// swapping heads a ∈ A and b ∈ B is \f$ S_{aB} - S_{aA} + S_{bA} - S_{bB} - 2 s_{ab} \f$ in O(1),
+/// and runs a tabu search over all swaps (detail/swap_search.hpp).
 #ifndef HEADALIGN_GROUPING_HPP
 #define HEADALIGN_GROUPING_HPP
 
 #include "config.hpp"
+#include "detail/swap_search.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -37,19 +39,22 @@ struct Grouping {
 struct GroupingOptions {
   enum class Method {
     HillClimb,    ///< the reference: restarts × iterations random swaps, keep strict improvements
-    LocalSearch,  ///< iterated steepest-ascent swaps with O(1) gains: random starts and kicks of the best
+    LocalSearch,  ///< tabu search over all swaps with O(1) gains, random restarts, steepest-ascent finish
     Exact         ///< exhaustive, optimal (small instances only)
   };
   Method method = Method::LocalSearch;
   int restarts = 200;     ///< HillClimb: random starts (the reference's 200)
   int iterations = 3000;  ///< HillClimb: proposals per start
-  /// LocalSearch: steepest-ascent descents (at most). 1000 reach HillClimb's score (200 × 3000)
-  /// on every one of 180 random 32-head instances tried (32/2, 32/4, 32/8), at about a seventh
-  /// of its time; 200 fell short on 12 of them. On 180 more (seeds 1000–1059) one 32/8 instance
-  /// stays 0.6 % below HillClimb, with 2000 descents too: both are heuristics.
-  int descents = 1000;
+  /// LocalSearch: swaps in all (the budget). Each step makes the best admissible swap of all
+  /// (H²(1 − 1/g)/2 of them), even a worsening one; the two heads it moves may not move again
+  /// for the next 1 to max(4, H/8 − 1) steps (drawn at random) unless that reaches a new best
+  /// (tabu search, Glover 1989).
+  int steps = 2000;
+  /// LocalSearch: a run starts again from a random grouping after this many steps without
+  /// improving its own best.
+  int restart_after = 50;
   std::uint64_t seed = 0;
-  /// LocalSearch stops after this many descents in a row without a better grouping (0: run all).
+  /// LocalSearch stops after this many steps in a row without a better grouping (0: run all).
   int patience = 0;
   /// Exact refuses instances with more partitions than this.
   double exact_max_partitions = 5e7;
@@ -125,9 +130,11 @@ Grouping group_heads(const Matrix<S>& similarity, Index num_groups, GroupingOpti
                   "similarity must be square, got " << similarity.rows() << " × " << similarity.cols());
   detail::check_finite(similarity, "similarity");
   detail::check_group_counts(h, num_groups);
-  HEADALIGN_CHECK(options.restarts > 0 && options.iterations >= 0 && options.descents > 0,
-                  "restarts (" << options.restarts << ") and descents (" << options.descents
-                               << ") must be positive and iterations (" << options.iterations << ") non-negative");
+  HEADALIGN_CHECK(options.restarts > 0 && options.iterations >= 0 && options.steps > 0 && options.restart_after > 0 &&
+                      options.patience >= 0,
+                  "restarts (" << options.restarts << "), steps (" << options.steps << ") and restart_after ("
+                               << options.restart_after << ") must be positive, iterations (" << options.iterations
+                               << ") and patience (" << options.patience << ") non-negative");
   // Work in double on a symmetrised copy with a zero diagonal.
   Matrix<double> sim = similarity.template cast<double>();
   const double asym = (sim - sim.transpose()).cwiseAbs().maxCoeff();
@@ -245,61 +252,80 @@ Grouping group_heads(const Matrix<S>& similarity, Index num_groups, GroupingOpti
       }
     }
   } else {
-    // Iterated local search: steepest ascent over all swaps, with O(1) gains from
-    // S(h, c) = Σ_{j ∈ c} s_hj, started from a random partition every `kRandomEvery` descents
-    // and otherwise from the best partition so far after a kick of a few random swaps.
-    constexpr int kRandomEvery = 8;
-    Matrix<double> gs(h, num_groups);
-    const double eps = 1e-12 * (1.0 + sim.cwiseAbs().maxCoeff());
-    std::uniform_int_distribution<Index> kick_size(2, std::max<Index>(2, h / 4));
-    int since_best = 0;
-    for (int r = 0; r < options.descents; ++r) {
-      if (r % kRandomEvery == 0) {
-        random_start();
-      } else {
-        assign = best_assign;
-        for (Index s = kick_size(rng); s > 0; --s) {
-          const auto [a, b] = random_cross_pair();
-          std::swap(assign[static_cast<std::size_t>(a)], assign[static_cast<std::size_t>(b)]);
-        }
+    // Tabu search: every step makes the best admissible swap (detail::SwapSearch), restarting
+    // from a random grouping after `restart_after` steps without a better grouping in the run.
+    detail::SwapSearch search(sim, num_groups);
+    const double eps = 1e-12 * sim.cwiseAbs().maxCoeff();  // relative: any scale searches alike
+    std::uniform_int_distribution<int> tenure(1, static_cast<int>(std::max<Index>(4, h / 8 - 1)));
+    std::vector<Index> slots(static_cast<std::size_t>(h));
+    std::iota(slots.begin(), slots.end(), Index(0));
+    std::int64_t step = 0, since_best = 0;
+    bool stop = false;
+    while (!stop && step < options.steps) {
+      std::shuffle(slots.begin(), slots.end(), rng);
+      search.load(slots);
+      double run_best = search.score();
+      std::int64_t last = step;
+      if (best_assign.empty() || search.score() > best_score + eps) {
+        best_score = search.score();
+        best_assign = search.heads();
       }
-      gs.setZero();
-      for (Index i = 0; i < h; ++i)
-        for (Index j = 0; j < h; ++j) gs(i, assign[static_cast<std::size_t>(j)]) += sim(i, j);
-      for (;;) {
-        double best_gain = eps;
-        Index ba = -1, bb = -1;
-        for (Index a = 0; a < h; ++a) {
-          const Index ga = assign[static_cast<std::size_t>(a)];
-          for (Index b = a + 1; b < h; ++b) {
-            const Index gb = assign[static_cast<std::size_t>(b)];
-            if (ga == gb) continue;
-            const double gain = gs(a, gb) - gs(a, ga) + gs(b, ga) - gs(b, gb) - 2 * sim(a, b);
-            if (gain > best_gain) {
-              best_gain = gain;
-              ba = a;
-              bb = b;
-            }
-          }
+      while (step < options.steps && step - last < options.restart_after) {
+        ++step;
+        Index p = -1, q = -1;
+        if (!search.best_move(step, best_score - search.score() + eps, p, q)) break;
+        search.apply(p, q);
+        search.forbid(p, step + 1 + tenure(rng));
+        search.forbid(q, step + 1 + tenure(rng));
+        if (search.score() > run_best + eps) {
+          run_best = search.score();
+          last = step;
         }
-        if (ba < 0) break;
-      const Index ga = assign[static_cast<std::size_t>(ba)], gb = assign[static_cast<std::size_t>(bb)];
-        for (Index x = 0; x < h; ++x) {
-          const double delta = sim(x, bb) - sim(x, ba);
-          gs(x, ga) += delta;
-          gs(x, gb) -= delta;
+        if (search.score() > best_score + eps) {
+          best_score = search.score();
+          best_assign = search.heads();
+          since_best = 0;
+        } else if (options.patience > 0 && ++since_best >= options.patience) {
+          stop = true;
+          break;
         }
-        std::swap(assign[static_cast<std::size_t>(ba)], assign[static_cast<std::size_t>(bb)]);
-      }
-      const double score = total();
-      if (best_assign.empty() || score > best_score + 1e-12 * (1.0 + std::abs(best_score))) {
-        best_score = score;
-        best_assign = assign;
-        since_best = 0;
-      } else if (options.patience > 0 && ++since_best >= options.patience) {
-        break;
       }
     }
+    // best_assign lists heads by slot; slot x belongs to group x / k.
+    std::vector<Index> by_head(static_cast<std::size_t>(h));
+    for (Index x = 0; x < h; ++x) by_head[static_cast<std::size_t>(best_assign[static_cast<std::size_t>(x)])] = x / k;
+    assign = by_head;
+    // Finish in double: steepest ascent with the exact gains, so the result is a local optimum of
+    // the swap neighbourhood whatever float rounding did during the search.
+    Matrix<double> gs = Matrix<double>::Zero(h, num_groups);
+    for (Index i = 0; i < h; ++i)
+      for (Index j = 0; j < h; ++j) gs(i, assign[static_cast<std::size_t>(j)]) += sim(i, j);
+    for (;;) {
+      double best_gain = eps;
+      Index ba = -1, bb = -1;
+      for (Index a = 0; a < h; ++a) {
+        const Index ga = assign[static_cast<std::size_t>(a)];
+        for (Index b = a + 1; b < h; ++b) {
+          const Index gb = assign[static_cast<std::size_t>(b)];
+          if (ga == gb) continue;
+          const double gain = gs(a, gb) - gs(a, ga) + gs(b, ga) - gs(b, gb) - 2 * sim(a, b);
+          if (gain > best_gain) {
+            best_gain = gain;
+            ba = a;
+            bb = b;
+          }
+        }
+      }
+      if (ba < 0) break;
+      const Index ga = assign[static_cast<std::size_t>(ba)], gb = assign[static_cast<std::size_t>(bb)];
+      for (Index x = 0; x < h; ++x) {
+        const double delta = sim(x, bb) - sim(x, ba);
+        gs(x, ga) += delta;
+        gs(x, gb) -= delta;
+      }
+      std::swap(assign[static_cast<std::size_t>(ba)], assign[static_cast<std::size_t>(bb)]);
+    }
+    best_assign = assign;
   }
   best.groups = detail::groups_from_assignment(best_assign, num_groups);
   best.score = grouping_score(sim, best.groups);

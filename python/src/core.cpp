@@ -202,13 +202,14 @@ nb::object joint_similarity_py(Gram& keys, Gram& values, Alignment key_alignment
 }
 
 Grouping group_heads_py(const Array& similarity, Index num_groups, GroupingOptions::Method method, int restarts, int iterations,
-                        int descents, std::uint64_t seed, int patience, double exact_max_partitions) {
+                        int steps, int restart_after, std::uint64_t seed, int patience, double exact_max_partitions) {
   check_ndim(similarity, 2, "group_heads: similarity");
   GroupingOptions o;
   o.method = method;
   o.restarts = restarts;
   o.iterations = iterations;
-  o.descents = descents;
+  o.steps = steps;
+  o.restart_after = restart_after;
   o.seed = seed;
   o.patience = patience;
   o.exact_max_partitions = exact_max_partitions;
@@ -403,7 +404,7 @@ NB_MODULE(_core, m) {
       .value("DISTANCE", Metric::Distance, "minus the mean squared distance after alignment (the reference's `dist` criterion)");
   nb::enum_<GroupingOptions::Method>(m, "GroupingMethod", "How heads are partitioned into groups of equal size.")
       .value("HILL_CLIMB", GroupingOptions::Method::HillClimb, "the reference: restarts × iterations random swaps")
-      .value("LOCAL_SEARCH", GroupingOptions::Method::LocalSearch, "steepest-ascent swaps with O(1) gains, random starts and kicks")
+      .value("LOCAL_SEARCH", GroupingOptions::Method::LocalSearch, "tabu search over all swaps with O(1) gains, random restarts")
       .value("EXACT", GroupingOptions::Method::Exact, "exhaustive, optimal (small instances only)");
   nb::enum_<GpaUpdate>(m, "GpaUpdate", "How generalized Procrustes updates the rotations.")
       .value("REFERENCE", GpaUpdate::Reference, "all heads against the previous mean (the reference implementation)")
@@ -550,11 +551,13 @@ NB_MODULE(_core, m) {
       });
   m.def("group_contiguous", &group_contiguous, "num_heads"_a, "num_groups"_a, "Adjacent heads in each group, as plain GQA.");
   m.def("group_heads", &group_heads_py, "similarity"_a, "num_groups"_a, "method"_a = GroupingOptions::Method::LocalSearch,
-        "restarts"_a = 200, "iterations"_a = 3000, "descents"_a = 1000, "seed"_a = 0, "patience"_a = 0,
+        "restarts"_a = 200, "iterations"_a = 3000, "steps"_a = GroupingOptions{}.steps,
+        "restart_after"_a = GroupingOptions{}.restart_after, "seed"_a = 0, "patience"_a = 0,
         "exact_max_partitions"_a = 5e7,
         "Partitions H heads into num_groups groups of H/num_groups maximising Σ_groups Σ_{a<b} s_ab.\n"
         "HILL_CLIMB reproduces the reference (restarts × iterations random swaps); LOCAL_SEARCH (default)\n"
-        "reaches its score far faster; EXACT is optimal for small H. Deterministic for a seed.\n"
+        "is a tabu search of `steps` best swaps with random restarts, far faster; EXACT is optimal for\n"
+        "small H. Deterministic for a seed.\n"
         "Raises ValueError when H is not divisible by num_groups.");
   m.def("grouping_score", &grouping_score_py, "similarity"_a, "groups"_a, "Σ over groups of Σ_{a<b} similarity[a, b].");
 
