@@ -194,10 +194,10 @@ TEST_CASE("the swap scan finds the best admissible swap, tabu and aspiration inc
     std::shuffle(heads.begin(), heads.end(), rng);
     fast.load(heads);
     portable.load(heads);
-    std::vector<std::int64_t> tabu(static_cast<std::size_t>(h), 0);  // by head, kept here independently
+    std::vector<std::int32_t> tabu(static_cast<std::size_t>(h), 0);  // by head, kept here independently
     double best = fast.score();
     std::uniform_int_distribution<int> tenure(1, 4);
-    for (std::int64_t step = 1; step <= 150; ++step) {
+    for (std::int32_t step = 1; step <= 150; ++step) {
       const double need = best - fast.score();
       // Brute force over all pairs with the exact gains (score after − score before).
       const std::vector<Index> now = fast.heads();
@@ -223,7 +223,7 @@ TEST_CASE("the swap scan finds the best admissible swap, tabu and aspiration inc
         CHECK(best_free == -1e300);
         fast.load(now);
         portable.load(now);
-        std::fill(tabu.begin(), tabu.end(), std::int64_t(0));
+        std::fill(tabu.begin(), tabu.end(), std::int32_t(0));
         continue;
       }
       REQUIRE(p / k != q / k);

@@ -273,10 +273,11 @@ Grouping group_heads(const Matrix<S>& similarity, Index num_groups, GroupingOpti
       while (step < options.steps && step - last < options.restart_after) {
         ++step;
         Index p = -1, q = -1;
-        if (!search.best_move(step, best_score - search.score() + eps, p, q)) break;
+        if (!search.best_move(static_cast<std::int32_t>(step), best_score - search.score() + eps, p, q)) break;
         search.apply(p, q);
-        search.forbid(p, step + 1 + tenure(rng));
-        search.forbid(q, step + 1 + tenure(rng));
+        // Tabu until step + 1 + tenure (exclusive); steps ≤ INT_MAX, so clamp instead of overflowing.
+        for (Index slot : {p, q})
+          search.forbid(slot, static_cast<std::int32_t>(std::min<std::int64_t>(step + 1 + tenure(rng), std::numeric_limits<std::int32_t>::max())));
         if (search.score() > run_best + eps) {
           run_best = search.score();
           last = step;

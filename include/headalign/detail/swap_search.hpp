@@ -7,12 +7,13 @@
 /// \f$ V_{cx} = G_{cx} - o_x \f$ (what head x gains by moving to c, before the head it displaces
 /// leaves), swapping slot p of group A with slot q of group B changes the objective by
 /// \f[ \Delta(p, q) = V_{Bp} + V_{Aq} - 2 P_{pq}. \f]
-/// The expansion \f$ E_{py} = V_{c(y)p} \f$ (kept for c(y) > c(p)) turns the gains of row p against every later group
-/// into one contiguous expression, \f$ E_{p\cdot} + V_{A\cdot} - 2P_{p\cdot} \f$, so a scan of all
-/// \f$ \binom{g}{2} k^2 \f$ swaps runs 8 floats at a time (AVX2, chosen at run time), and a swap
-/// updates G, V and E in O(H·k + H·g). The search works in float on the similarity scaled by a
-/// power of two (max |s| in [1/2, 1)); the score it reports is kept exactly, in double, from the
-/// unscaled similarity, and group_heads() finishes with a double-precision steepest ascent.
+/// Row p's gains against every later group are then one contiguous expression over q,
+/// \f$ V_{c(q)p} + V_{Aq} - 2P_{pq} \f$, whose first term is a lookup of row p of \f$ V^\top \f$
+/// by the group of q: one AVX2 permute per 8 slots (per 8 groups), chosen at run time. A swap
+/// updates G, V and \f$ V^\top \f$ in O(H·k + H·g). The search works in float on the similarity
+/// scaled by a power of two (max |s| in [1/2, 1)); the score it reports is kept exactly, in
+/// double, from the unscaled similarity, and group_heads() finishes with a double-precision
+/// steepest ascent.
 ///
 /// Define HEADALIGN_NO_SIMD_SWAP_SEARCH to use only the portable scan (same moves, same result).
 #ifndef HEADALIGN_DETAIL_SWAP_SEARCH_HPP
@@ -24,6 +25,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <new>
 #include <vector>
 
 #if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__) && !defined(HEADALIGN_NO_SIMD_SWAP_SEARCH)
@@ -33,33 +35,60 @@
 #define HEADALIGN_SIMD_SWAP_SEARCH 0
 #endif
 
+#if defined(__GNUC__) || defined(__clang__) || defined(_MSC_VER)
+#define HEADALIGN_RESTRICT __restrict
+#else
+#define HEADALIGN_RESTRICT
+#endif
+
 namespace headalign {
 namespace detail {
 
-/// Swap-neighbourhood state of one grouping (slots, P, G, V, E) with a tabu list by slot.
+/// Cache-line aligned storage for the search's rows (the timings of unaligned 8-wide loads
+/// otherwise depend on where the allocator happens to place them).
+template <class T>
+struct CacheAligned {
+  using value_type = T;
+  CacheAligned() = default;
+  template <class U>
+  CacheAligned(const CacheAligned<U>&) noexcept {}
+  T* allocate(std::size_t n) { return static_cast<T*>(::operator new(n * sizeof(T), std::align_val_t(64))); }
+  void deallocate(T* ptr, std::size_t) noexcept { ::operator delete(ptr, std::align_val_t(64)); }
+  template <class U>
+  bool operator==(const CacheAligned<U>&) const noexcept { return true; }
+  template <class U>
+  bool operator!=(const CacheAligned<U>&) const noexcept { return false; }
+};
+
+/// Swap-neighbourhood state of one grouping (slots, P, G, V, Vᵀ) with a tabu list by slot.
 class SwapSearch {
  public:
   /// @param sim symmetric H × H with a zero diagonal and finite entries; @param num_groups g ≥ 2
   /// dividing H with H/g ≥ 2 (group_heads() checks all of this before)
   SwapSearch(const Matrix<double>& sim, Index num_groups)
       : sim_(sim), h_(sim.rows()), g_(num_groups), k_(sim.rows() / num_groups) {
-    ld_ = (h_ + 7) / 8 * 8 + 8;  // room for an 8-wide load that starts at any column < H
+    ld_ = (h_ + 7 + 15) / 16 * 16;  // room for an 8-wide load that starts at any slot < H; rows on cache lines
+    ldt_ = (g_ + 7) / 8 * 8;
     const double top = sim.cwiseAbs().maxCoeff();
     if (top > 0) std::frexp(top, &exponent_);  // top = f · 2^exponent_, f in [1/2, 1)
     sf_.resize(static_cast<std::size_t>(h_ * h_));
     for (Index x = 0; x < h_; ++x)
       for (Index y = 0; y < h_; ++y)
         sf_[static_cast<std::size_t>(x * h_ + y)] = static_cast<float>(std::ldexp(sim(x, y), -exponent_));
-    group_.resize(static_cast<std::size_t>(h_));
-    for (Index x = 0; x < h_; ++x) group_[static_cast<std::size_t>(x)] = x / k_;
+    group_.assign(static_cast<std::size_t>(ld_), 0);  // slots past H: group 0, masked by V = −inf
+    for (Index x = 0; x < h_; ++x) group_[static_cast<std::size_t>(x)] = static_cast<std::int32_t>(x / k_);
     p_.assign(static_cast<std::size_t>(h_ * ld_), 0.0f);
-    e_.assign(static_cast<std::size_t>(h_ * ld_), 0.0f);
-    gsum_.assign(static_cast<std::size_t>(g_ * ld_), 0.0f);
+    gt_.assign(static_cast<std::size_t>(h_ * ldt_), 0.0f);
     v_.assign(static_cast<std::size_t>(g_ * ld_), -std::numeric_limits<float>::infinity());
+    vt_.assign(static_cast<std::size_t>(h_ * ldt_), 0.0f);
     own_.assign(static_cast<std::size_t>(ld_), 0.0f);
+    d_.assign(static_cast<std::size_t>(ld_), 0.0f);
     pen_.assign(static_cast<std::size_t>(ld_), 0.0f);
     heads_.resize(static_cast<std::size_t>(h_));
-    tabu_.assign(static_cast<std::size_t>(h_), 0);
+    tabu_.assign(static_cast<std::size_t>(ld_), 0);
+    // 2^−exponent_ as two finite factors (exponent_ may be as low as −1073 for subnormal s).
+    unscale_[0] = std::ldexp(1.0, -exponent_ / 2);
+    unscale_[1] = std::ldexp(1.0, -exponent_ - (-exponent_ / 2));
   }
 
   /// Slot x holds head `heads[x]`; clears the tabu list.
@@ -76,26 +105,29 @@ class SwapSearch {
         const float* const row = &p_[at(x, c * k_)];
         float t = 0;
         for (Index i = 0; i < k_; ++i) t += row[i];
-        gsum_[static_cast<std::size_t>(c * ld_ + x)] = t;
+        gt_[static_cast<std::size_t>(x * ldt_ + c)] = t;
       }
       for (Index x = c * k_; x < c * k_ + k_; ++x)
         for (Index y = x + 1; y < c * k_ + k_; ++y) score_ += sim_(head(x), head(y));
     }
-    for (Index x = 0; x < h_; ++x) own_[static_cast<std::size_t>(x)] = gsum_[static_cast<std::size_t>(grp(x) * ld_ + x)];
-    for (Index c = 0; c < g_; ++c)
-      for (Index x = 0; x < h_; ++x) refresh_v(c, x);
-    for (Index x = 0; x < h_; ++x) refresh_e_row(x);
-    std::fill(tabu_.begin(), tabu_.end(), std::int64_t(0));
+    for (Index x = 0; x < h_; ++x) own_[static_cast<std::size_t>(x)] = gt_[static_cast<std::size_t>(x * ldt_ + grp(x))];
+    for (Index x = 0; x < h_; ++x)
+      for (Index c = 0; c < g_; ++c) {
+        const float v = gt_[static_cast<std::size_t>(x * ldt_ + c)] - own_[static_cast<std::size_t>(x)];
+        vt_[static_cast<std::size_t>(x * ldt_ + c)] = v;
+        v_[static_cast<std::size_t>(c * ld_ + x)] = v;
+      }
+    std::fill(tabu_.begin(), tabu_.end(), std::int32_t(0));
   }
 
-  /// Use the portable scan and updates even where AVX2 is available (they give the same moves).
+  /// Use the portable scan even where AVX2 is available (it gives the same moves).
   bool portable = false;
 
   /// The objective of the current slots, exact (double, unscaled).
   double score() const { return score_; }
   const std::vector<Index>& heads() const { return heads_; }
   /// The swaps of slot x are tabu until step `until` (exclusive).
-  void forbid(Index x, std::int64_t until) { tabu_[static_cast<std::size_t>(x)] = until; }
+  void forbid(Index x, std::int32_t until) { tabu_[static_cast<std::size_t>(x)] = until; }
 
   /// Exact change of the objective when slots p and q (of different groups) swap heads.
   double exact_gain(Index p, Index q) const {
@@ -110,16 +142,16 @@ class SwapSearch {
 
   /// The best admissible swap at `step`: the largest (float) gain over pairs with no tabu slot,
   /// unless some pair gains more than `need` (aspiration, in units of the similarity), then the
-  /// largest gain of all. Ties go
-  /// to the first pair in row-major slot order, so both scans pick the same move.
+  /// largest gain of all. Ties go to the first pair in row-major slot order, so both scans pick
+  /// the same move.
   /// @return false when every pair is tabu and none reaches `need`
-  bool best_move(std::int64_t step, double need, Index& bp, Index& bq) {
+  bool best_move(std::int32_t step, double need, Index& bp, Index& bq) {
     constexpr float ninf = -std::numeric_limits<float>::infinity();
-    need = std::ldexp(need, -exponent_);  // the float gains are in units of the scaled similarity
-    for (Index y = 0; y < h_; ++y) pen_[static_cast<std::size_t>(y)] = tabu_[static_cast<std::size_t>(y)] > step ? ninf : 0.0f;
+    need = need * unscale_[0] * unscale_[1];  // the float gains are in units of the scaled similarity
 #if HEADALIGN_SIMD_SWAP_SEARCH
-    if (!portable && avx2()) return best_move_avx2(need, bp, bq);
+    if (!portable && avx2()) return best_move_avx2(step, need, bp, bq);
 #endif
+    for (Index y = 0; y < h_; ++y) pen_[static_cast<std::size_t>(y)] = tabu_[static_cast<std::size_t>(y)] > step ? ninf : 0.0f;
     float mu = ninf, mp = ninf;
     Index pu = -1, qu = -1, pp = -1, qp = -1;
     for (Index a = 0; a + 1 < g_; ++a)
@@ -149,61 +181,62 @@ class SwapSearch {
     return pp >= 0;
   }
 
-  /// Swaps the heads of slots p and q (different groups) and updates P, G, V, E and the score.
+  /// Swaps the heads of slots p and q (different groups) and updates P, G, V, Vᵀ and the score.
+  /// V_cx is kept where the scan reads it, for groups c before x's.
   void apply(Index p, Index q) {
     score_ += exact_gain(p, q);
-    const Index a = grp(p), b = grp(q), h = h_, k = k_, ld = ld_;
+    const Index a = grp(p), b = grp(q), h = h_, k = k_, ld = ld_, ldt = ldt_, g = g_;
     float* const P = p_.data();
-    float* const G = gsum_.data();
+    float* const GT = gt_.data();
     float* const V = v_.data();
-    float* const E = e_.data();
+    float* const VT = vt_.data();
     float* const own = own_.data();
-    float* const ga = G + a * ld;
-    float* const gb = G + b * ld;
-    float* const rp = P + p * ld;
-    float* const rq = P + q * ld;
-    for (Index x = 0; x < h; ++x) {
-      const float d = rq[x] - rp[x];  // P is symmetric: column q − column p
-      ga[x] += d;
-      gb[x] -= d;
-    }
+    float* HEADALIGN_RESTRICT const rp = P + p * ld;
+    float* HEADALIGN_RESTRICT const rq = P + q * ld;
+    float* HEADALIGN_RESTRICT const d = d_.data();
+    for (Index x = 0; x < h; ++x) d[x] = rq[x] - rp[x];  // P is symmetric: column q − column p
     std::swap_ranges(rp, rp + h, rq);
-    for (Index x = 0; x < h; ++x) std::swap(P[x * ld + p], P[x * ld + q]);
-    for (Index c = 0; c < g_; ++c) std::swap(G[c * ld + p], G[c * ld + q]);
+    std::swap(rp[p], rp[q]);  // the 2 × 2 block of p and q: both indices swap
+    std::swap(rq[p], rq[q]);
+    for (Index x = 0; x < h; ++x) {  // columns p and q from the new rows (P stays symmetric)
+      P[x * ld + p] = rp[x];
+      P[x * ld + q] = rq[x];
+    }
+    // Gᵀ rows follow the heads; then column a gains d and column b loses it.
+    std::swap_ranges(GT + p * ldt, GT + p * ldt + g, GT + q * ldt);
+    std::swap(d[p], d[q]);
     std::swap(heads_[static_cast<std::size_t>(p)], heads_[static_cast<std::size_t>(q)]);
     std::swap(tabu_[static_cast<std::size_t>(p)], tabu_[static_cast<std::size_t>(q)]);
-    for (Index i = 0; i < k; ++i) {
-      own[a * k + i] = ga[a * k + i];
-      own[b * k + i] = gb[b * k + i];
-    }
-    // V changes in rows a, b (all slots) and in the slots of a and b (all rows); E follows V.
-    float* const va = V + a * ld;
-    float* const vb = V + b * ld;
-    for (Index x = 0; x < h; ++x) {
-      va[x] = ga[x] - own[x];
-      vb[x] = gb[x] - own[x];
-    }
-    for (Index c = 0; c < g_; ++c)
-      for (Index i = 0; i < k; ++i) {
-        V[c * ld + a * k + i] = G[c * ld + a * k + i] - own[a * k + i];
-        V[c * ld + b * k + i] = G[c * ld + b * k + i] - own[b * k + i];
-      }
-    // The scan reads E only right of a row's own group (later groups).
 #if HEADALIGN_SIMD_SWAP_SEARCH
-    if (!portable && avx2()) {
-      refresh_e_avx2(a, b);
-      return;
-    }
+    if (!portable && g <= 8 && avx2()) {
+      update_avx2(a, b);
+    } else
 #endif
-    for (Index x = 0; x < h; ++x) {
-      float* const ex = E + x * ld;
-      const Index c = grp(x);
-      if (c == a || c == b) {
-        for (Index cc = c + 1; cc < g_; ++cc) std::fill_n(ex + cc * k, k, V[cc * ld + x]);
-      } else {
-        if (a > c) std::fill_n(ex + a * k, k, va[x]);
-        if (b > c) std::fill_n(ex + b * k, k, vb[x]);
+    {
+      for (Index x = 0; x < h; ++x) {
+        GT[x * ldt + a] += d[x];
+        GT[x * ldt + b] -= d[x];
       }
+      for (Index i = 0; i < k; ++i) {
+        own[a * k + i] = GT[(a * k + i) * ldt + a];
+        own[b * k + i] = GT[(b * k + i) * ldt + b];
+      }
+      // Vᵀ = Gᵀ − own changed in columns a, b and in the rows of a's and b's slots.
+      for (Index x = 0; x < h; ++x) {
+        VT[x * ldt + a] = GT[x * ldt + a] - own[x];
+        VT[x * ldt + b] = GT[x * ldt + b] - own[x];
+      }
+      for (Index c : {a, b})
+        for (Index x = c * k; x < c * k + k; ++x)
+          for (Index cc = 0; cc < g; ++cc) VT[x * ldt + cc] = GT[x * ldt + cc] - own[x];
+    }
+    // V (V_cx = Vᵀ_xc) where the scan reads it: rows a and b right of their groups, and the
+    // columns of a's and b's slots above their groups.
+    for (Index c : {a, b}) {
+      float* HEADALIGN_RESTRICT const vc = V + c * ld;
+      for (Index x = (c + 1) * k; x < h; ++x) vc[x] = VT[x * ldt + c];
+      for (Index x = c * k; x < c * k + k; ++x)
+        for (Index cc = 0; cc < c; ++cc) V[cc * ld + x] = VT[x * ldt + cc];
     }
   }
 
@@ -211,19 +244,10 @@ class SwapSearch {
   std::size_t at(Index x, Index y) const { return static_cast<std::size_t>(x * ld_ + y); }
   Index grp(Index x) const { return group_[static_cast<std::size_t>(x)]; }
   Index head(Index x) const { return heads_[static_cast<std::size_t>(x)]; }
-  void refresh_v(Index c, Index x) {
-    v_[static_cast<std::size_t>(c * ld_ + x)] = gsum_[static_cast<std::size_t>(c * ld_ + x)] - own_[static_cast<std::size_t>(x)];
-  }
-  void refresh_e_row(Index x) {
-    for (Index c = grp(x) + 1; c < g_; ++c) {
-      const float v = v_[static_cast<std::size_t>(c * ld_ + x)];
-      for (Index y = c * k_; y < c * k_ + k_; ++y) e_[at(x, y)] = v;
-    }
-  }
-  // Δ(p, y) in float, p in group a: (E + V) + (−2P). −2P is exact, so a fused multiply–add gives
-  // the same float as the two roundings: the portable and the AVX2 scans agree bit for bit.
+  // Δ(p, y) in float, p in group a: (Vᵀ_{p,c(y)} + V_{ay}) + (−2P_py). −2P is exact, so a fused
+  // multiply–add gives the same float as the two roundings: both scans agree bit for bit.
   float gain_f(Index a, Index p, Index y) const {
-    const float t = e_[at(p, y)] + v_[static_cast<std::size_t>(a * ld_ + y)];
+    const float t = vt_[static_cast<std::size_t>(p * ldt_ + grp(y))] + v_[static_cast<std::size_t>(a * ld_ + y)];
     return t + -2.0f * p_[at(p, y)];
   }
 
@@ -236,17 +260,74 @@ class SwapSearch {
     return ok;
   }
 
-  // Row p's gains against every later group, 8 at a time (lanes past H read V = −inf).
+  // Row p's gains against every later group, 8 at a time (lanes past H read V = −inf). The
+  // first term picks Vᵀ_{p, c(y)} by permutes of row p of Vᵀ, 8 groups per permute.
   __attribute__((target("avx2"))) void row_max_avx2(Index a, Index p, bool penalised, __m256& mu, __m256& mp) const {
-    const float* e = &e_[at(p, 0)];
-    const float* r = &p_[at(p, 0)];
-    const float* v = &v_[static_cast<std::size_t>(a * ld_)];
+    const float* const r = &p_[at(p, 0)];
+    const float* const v = &v_[static_cast<std::size_t>(a * ld_)];
+    const float* const vt = &vt_[static_cast<std::size_t>(p * ldt_)];
+    const std::int32_t* const gi = group_.data();
     const __m256 m2 = _mm256_set1_ps(-2.0f);
+    if (g_ <= 8) {
+      const __m256 t8 = _mm256_loadu_ps(vt);
+      for (Index y = (a + 1) * k_; y < h_; y += 8) {
+        const __m256 t = _mm256_permutevar8x32_ps(t8, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(gi + y)));
+        const __m256 gv = _mm256_add_ps(_mm256_add_ps(t, _mm256_loadu_ps(v + y)), _mm256_mul_ps(m2, _mm256_loadu_ps(r + y)));
+        mu = _mm256_max_ps(mu, gv);
+        if (penalised) mp = _mm256_max_ps(mp, _mm256_add_ps(gv, _mm256_loadu_ps(&pen_[static_cast<std::size_t>(y)])));
+      }
+      return;
+    }
     for (Index y = (a + 1) * k_; y < h_; y += 8) {
-      const __m256 gv = _mm256_add_ps(_mm256_add_ps(_mm256_loadu_ps(e + y), _mm256_loadu_ps(v + y)),
-                                      _mm256_mul_ps(m2, _mm256_loadu_ps(r + y)));
+      const __m256i idx = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(gi + y));
+      const __m256i chunk = _mm256_srli_epi32(idx, 3);
+      __m256 t = _mm256_permutevar8x32_ps(_mm256_loadu_ps(vt), idx);
+      for (Index c = 8; c < g_; c += 8) {
+        const __m256 tc = _mm256_permutevar8x32_ps(_mm256_loadu_ps(vt + c), idx);  // uses idx mod 8
+        const __m256i here = _mm256_cmpeq_epi32(chunk, _mm256_set1_epi32(static_cast<int>(c / 8)));
+        t = _mm256_blendv_ps(t, tc, _mm256_castsi256_ps(here));
+      }
+      const __m256 gv = _mm256_add_ps(_mm256_add_ps(t, _mm256_loadu_ps(v + y)), _mm256_mul_ps(m2, _mm256_loadu_ps(r + y)));
       mu = _mm256_max_ps(mu, gv);
       if (penalised) mp = _mm256_max_ps(mp, _mm256_add_ps(gv, _mm256_loadu_ps(&pen_[static_cast<std::size_t>(y)])));
+    }
+  }
+
+  // Gᵀ += d ⊗ (e_a − e_b), own and Vᵀ = Gᵀ − own: one register per row (at most 8 groups).
+  __attribute__((target("avx2"))) void update_avx2(Index a, Index b) {
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    const __m256 plus = _mm256_and_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(lane, _mm256_set1_epi32(static_cast<int>(a)))), _mm256_set1_ps(1.0f));
+    const __m256 minus = _mm256_and_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(lane, _mm256_set1_epi32(static_cast<int>(b)))), _mm256_set1_ps(1.0f));
+    float* gt = gt_.data();
+    float* vt = vt_.data();
+    for (Index x = 0; x < h_; ++x, gt += 8, vt += 8) {  // ldt_ == 8 here
+      const __m256 dx = _mm256_broadcast_ss(&d_[static_cast<std::size_t>(x)]);
+      // Exactly GT + d in lane a and GT − d in lane b (d · 1 and d · 0 are exact).
+      const __m256 row = _mm256_sub_ps(_mm256_add_ps(_mm256_loadu_ps(gt), _mm256_mul_ps(dx, plus)), _mm256_mul_ps(dx, minus));
+      _mm256_storeu_ps(gt, row);
+      const Index c = grp(x);
+      if (c == a || c == b) own_[static_cast<std::size_t>(x)] = gt[c];
+      _mm256_storeu_ps(vt, _mm256_sub_ps(row, _mm256_broadcast_ss(&own_[static_cast<std::size_t>(x)])));
+    }
+  }
+
+  // All rows of group a at once (g ≤ 8): each 8 slots' V, penalties and groups are loaded once
+  // for the k rows; a tabu row's penalised gains get −inf from its own penalty.
+  __attribute__((target("avx2"))) void group_max_avx2(Index a, __m256& mu, __m256& mp) const {
+    const float* const v = &v_[static_cast<std::size_t>(a * ld_)];
+    const std::int32_t* const gi = group_.data();
+    const __m256 m2 = _mm256_set1_ps(-2.0f);
+    for (Index y = (a + 1) * k_; y < h_; y += 8) {
+      const __m256i idx = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(gi + y));
+      const __m256 vy = _mm256_loadu_ps(v + y), py = _mm256_loadu_ps(&pen_[static_cast<std::size_t>(y)]);
+      const float* r = &p_[at(a * k_, y)];
+      const float* vt = &vt_[static_cast<std::size_t>(a * k_ * ldt_)];
+      for (Index p = a * k_; p < a * k_ + k_; ++p, r += ld_, vt += 8) {
+        const __m256 t = _mm256_permutevar8x32_ps(_mm256_loadu_ps(vt), idx);
+        const __m256 gv = _mm256_add_ps(_mm256_add_ps(t, vy), _mm256_mul_ps(m2, _mm256_loadu_ps(r)));
+        mu = _mm256_max_ps(mu, gv);
+        mp = _mm256_max_ps(mp, _mm256_add_ps(_mm256_add_ps(gv, py), _mm256_broadcast_ss(&pen_[static_cast<std::size_t>(p)])));
+      }
     }
   }
 
@@ -257,42 +338,25 @@ class SwapSearch {
     return _mm_cvtss_f32(x);
   }
 
-  // E rows by 8-wide stores, left to right: a block's store may run into the next block, which the
-  // next store overwrites, or past H into the padding. Blocks inside a row whose neighbours stay
-  // are filled 4 or 1 at a time (no wide read-modify-write: it would stall on the fresh stores).
-  __attribute__((target("avx2"))) void refresh_e_avx2(Index a, Index b) {
-    const float* const va = &v_[static_cast<std::size_t>(a * ld_)];
-    const float* const vb = &v_[static_cast<std::size_t>(b * ld_)];
-    auto fill_inside = [this](float* d, float value) {
-      Index i = 0;
-      const __m128 v = _mm_set1_ps(value);
-      for (; i + 4 <= k_; i += 4) _mm_storeu_ps(d + i, v);
-      for (; i < k_; ++i) d[i] = value;
-    };
-    for (Index x = 0; x < h_; ++x) {
-      float* const ex = &e_[at(x, 0)];
-      const Index c = grp(x);
-      if (c == a || c == b) {
-        for (Index cc = c + 1; cc < g_; ++cc) {
-          const __m256 v = _mm256_set1_ps(v_[static_cast<std::size_t>(cc * ld_ + x)]);
-          for (Index i = 0; i < k_; i += 8) _mm256_storeu_ps(ex + cc * k_ + i, v);
-        }
-      } else {
-        if (a > c) fill_inside(ex + a * k_, va[x]);
-        if (b > c) fill_inside(ex + b * k_, vb[x]);
-      }
-    }
-  }
-
   // Group maxima first, then the rows of the winning group, then the winning row's columns:
   // the same (first, largest) pair as the portable scan.
-  __attribute__((target("avx2"))) bool best_move_avx2(double need, Index& bp, Index& bq) const {
+  __attribute__((target("avx2"))) bool best_move_avx2(std::int32_t step, double need, Index& bp, Index& bq) {
     constexpr float ninf = -std::numeric_limits<float>::infinity();
+    const __m256i now = _mm256_set1_epi32(step);
+    const __m256 minus_inf = _mm256_set1_ps(ninf);
+    for (Index y = 0; y < h_; y += 8) {  // pen_ = −inf where tabu_ > step (tabu_ is 0 past H)
+      const __m256i t = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(&tabu_[static_cast<std::size_t>(y)]));
+      _mm256_storeu_ps(&pen_[static_cast<std::size_t>(y)], _mm256_and_ps(_mm256_castsi256_ps(_mm256_cmpgt_epi32(t, now)), minus_inf));
+    }
     float mu = ninf, mp = ninf;
     Index au = -1, ap = -1;
     for (Index a = 0; a + 1 < g_; ++a) {
       __m256 gu = _mm256_set1_ps(ninf), gp = gu;
-      for (Index p = a * k_; p < a * k_ + k_; ++p) row_max_avx2(a, p, pen_[static_cast<std::size_t>(p)] == 0, gu, gp);
+      if (g_ <= 8) {
+        group_max_avx2(a, gu, gp);
+      } else {
+        for (Index p = a * k_; p < a * k_ + k_; ++p) row_max_avx2(a, p, pen_[static_cast<std::size_t>(p)] == 0, gu, gp);
+      }
       const float u = hmax(gu), w = hmax(gp);
       if (u > mu) {
         mu = u;
@@ -308,31 +372,50 @@ class SwapSearch {
     const Index a = aspire ? au : ap;
     const float target = aspire ? mu : mp;
     for (Index p = a * k_; p < a * k_ + k_; ++p) {
-      const bool free_row = pen_[static_cast<std::size_t>(p)] == 0;
-      if (!aspire && !free_row) continue;
-      __m256 ru = _mm256_set1_ps(ninf), rp = ru;
-      row_max_avx2(a, p, !aspire, ru, rp);
-      if ((aspire ? hmax(ru) : hmax(rp)) != target) continue;
-      for (Index y = (a + 1) * k_; y < h_; ++y) {
-        if (!aspire && pen_[static_cast<std::size_t>(y)] != 0) continue;
-        if (gain_f(a, p, y) == target) {
-          bp = p;
-          bq = y;
-          return true;
-        }
+      if (!aspire && pen_[static_cast<std::size_t>(p)] != 0) continue;
+      const Index y = row_find_avx2(a, p, !aspire, target);
+      if (y >= 0) {
+        bp = p;
+        bq = y;
+        return true;
       }
     }
     return false;  // not reached: the target is some pair's gain
   }
+
+  // The first slot of row p (later groups) whose gain, penalised or not, equals target; −1 if none.
+  __attribute__((target("avx2"))) Index row_find_avx2(Index a, Index p, bool penalised, float target) const {
+    const float* const r = &p_[at(p, 0)];
+    const float* const v = &v_[static_cast<std::size_t>(a * ld_)];
+    const float* const vt = &vt_[static_cast<std::size_t>(p * ldt_)];
+    const std::int32_t* const gi = group_.data();
+    const __m256 m2 = _mm256_set1_ps(-2.0f), want = _mm256_set1_ps(target);
+    for (Index y = (a + 1) * k_; y < h_; y += 8) {
+      const __m256i idx = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(gi + y));
+      __m256 t = _mm256_permutevar8x32_ps(_mm256_loadu_ps(vt), idx);
+      for (Index c = 8; c < g_; c += 8) {
+        const __m256i here = _mm256_cmpeq_epi32(_mm256_srli_epi32(idx, 3), _mm256_set1_epi32(static_cast<int>(c / 8)));
+        t = _mm256_blendv_ps(t, _mm256_permutevar8x32_ps(_mm256_loadu_ps(vt + c), idx), _mm256_castsi256_ps(here));
+      }
+      __m256 gv = _mm256_add_ps(_mm256_add_ps(t, _mm256_loadu_ps(v + y)), _mm256_mul_ps(m2, _mm256_loadu_ps(r + y)));
+      if (penalised) gv = _mm256_add_ps(gv, _mm256_loadu_ps(&pen_[static_cast<std::size_t>(y)]));
+      const int hit = _mm256_movemask_ps(_mm256_cmp_ps(gv, want, _CMP_EQ_OQ));
+      if (hit != 0) return y + __builtin_ctz(static_cast<unsigned>(hit));
+    }
+    return -1;
+  }
 #endif
 
   const Matrix<double>& sim_;
-  Index h_, g_, k_, ld_ = 0;
+  Index h_, g_, k_, ld_ = 0, ldt_ = 0;
   int exponent_ = 0;  // the search sees s · 2^−exponent_
+  double unscale_[2] = {1, 1};
   double score_ = 0;
-  std::vector<Index> group_, heads_;
-  std::vector<float> sf_, p_, e_, gsum_, v_, own_, pen_;  // sf_: the scaled similarity by head
-  std::vector<std::int64_t> tabu_;
+  std::vector<Index> heads_;
+  std::vector<std::int32_t, CacheAligned<std::int32_t>> group_;  // group of each slot (0 past H)
+  std::vector<float> sf_;                                        // the scaled similarity, by head
+  std::vector<float, CacheAligned<float>> p_, gt_, v_, vt_, own_, pen_, d_;  // gt_: Gᵀ
+  std::vector<std::int32_t, CacheAligned<std::int32_t>> tabu_;   // by slot, 0 past H
 };
 
 }  // namespace detail
