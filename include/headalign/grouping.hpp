@@ -48,7 +48,10 @@ struct GroupingOptions {
   /// LocalSearch: swaps in all (the budget). Each step makes the best admissible swap of all
   /// (H²(1 − 1/g)/2 of them), even a worsening one; the two heads it moves may not move again
   /// for the next 1 to max(4, H/8 − 1) steps (drawn at random) unless that reaches a new best
-  /// (tabu search, Glover 1989).
+  /// (tabu search, Glover 1989); with groups of two, their partners too (swapping those would
+  /// restore the partition). How often 2000 steps fall short of HillClimb's score (200 × 3000)
+  /// is measured by benchmarks/grouping_quality.cpp (benchmarks/README.md): both are heuristics,
+  /// a budget rather than a guarantee (Exact is one).
   int steps = 2000;
   /// LocalSearch: a run starts again from a random grouping after this many steps without
   /// improving its own best.
@@ -276,8 +279,17 @@ Grouping group_heads(const Matrix<S>& similarity, Index num_groups, GroupingOpti
         if (!search.best_move(static_cast<std::int32_t>(step), best_score - search.score() + eps, p, q)) break;
         search.apply(p, q);
         // Tabu until step + 1 + tenure (exclusive); steps ≤ INT_MAX, so clamp instead of overflowing.
-        for (Index slot : {p, q})
-          search.forbid(slot, static_cast<std::int32_t>(std::min<std::int64_t>(step + 1 + tenure(rng), std::numeric_limits<std::int32_t>::max())));
+        // With pairs (k = 2) the partners too: swapping them would restore the old partition.
+        auto forbid = [&](Index slot) {
+          search.forbid(slot, static_cast<std::int32_t>(
+                                  std::min<std::int64_t>(step + 1 + tenure(rng), std::numeric_limits<std::int32_t>::max())));
+        };
+        forbid(p);
+        forbid(q);
+        if (k == 2) {
+          forbid(p % 2 == 0 ? p + 1 : p - 1);
+          forbid(q % 2 == 0 ? q + 1 : q - 1);
+        }
         if (search.score() > run_best + eps) {
           run_best = search.score();
           last = step;
