@@ -296,19 +296,25 @@ class SwapSearch {
   // Gᵀ += d ⊗ (e_a − e_b), own and Vᵀ = Gᵀ − own: one register per row (at most 8 groups).
   __attribute__((target("avx2"))) void update_avx2(Index a, Index b) {
     const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    const __m256 plus = _mm256_and_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(lane, _mm256_set1_epi32(static_cast<int>(a)))), _mm256_set1_ps(1.0f));
-    const __m256 minus = _mm256_and_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(lane, _mm256_set1_epi32(static_cast<int>(b)))), _mm256_set1_ps(1.0f));
-    float* gt = gt_.data();
-    float* vt = vt_.data();
-    for (Index x = 0; x < h_; ++x, gt += 8, vt += 8) {  // ldt_ == 8 here
-      const __m256 dx = _mm256_broadcast_ss(&d_[static_cast<std::size_t>(x)]);
-      // Exactly GT + d in lane a and GT − d in lane b (d · 1 and d · 0 are exact).
-      const __m256 row = _mm256_sub_ps(_mm256_add_ps(_mm256_loadu_ps(gt), _mm256_mul_ps(dx, plus)), _mm256_mul_ps(dx, minus));
-      _mm256_storeu_ps(gt, row);
-      const Index c = grp(x);
-      if (c == a || c == b) own_[static_cast<std::size_t>(x)] = gt[c];
-      _mm256_storeu_ps(vt, _mm256_sub_ps(row, _mm256_broadcast_ss(&own_[static_cast<std::size_t>(x)])));
+    const __m256 one = _mm256_set1_ps(1.0f);
+    const __m256 plus = _mm256_and_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(lane, _mm256_set1_epi32(static_cast<int>(a)))), one);
+    const __m256 minus = _mm256_and_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(lane, _mm256_set1_epi32(static_cast<int>(b)))), one);
+    const Index h = h_, k = k_;
+    float* HEADALIGN_RESTRICT const gt = gt_.data();  // ldt_ == 8 here
+    float* HEADALIGN_RESTRICT const vt = vt_.data();
+    float* HEADALIGN_RESTRICT const own = own_.data();
+    const float* HEADALIGN_RESTRICT const d = d_.data();
+    // Exactly Gᵀ + d in lane a and Gᵀ − d in lane b: d · 1 and d · 0 are exact.
+    for (Index x = 0; x < h; ++x) {
+      const __m256 dx = _mm256_broadcast_ss(d + x);
+      _mm256_storeu_ps(gt + 8 * x, _mm256_sub_ps(_mm256_add_ps(_mm256_loadu_ps(gt + 8 * x), _mm256_mul_ps(dx, plus)), _mm256_mul_ps(dx, minus)));
     }
+    for (Index i = 0; i < k; ++i) {
+      own[a * k + i] = gt[8 * (a * k + i) + a];
+      own[b * k + i] = gt[8 * (b * k + i) + b];
+    }
+    for (Index x = 0; x < h; ++x)
+      _mm256_storeu_ps(vt + 8 * x, _mm256_sub_ps(_mm256_loadu_ps(gt + 8 * x), _mm256_broadcast_ss(own + x)));
   }
 
   // All rows of group a at once (g ≤ 8): each 8 slots' V, penalties and groups are loaded once
