@@ -181,9 +181,11 @@ double slot_score(const Matrix<double>& s, const std::vector<Index>& heads, Inde
 }  // namespace
 
 TEST_CASE("the swap scan finds the best admissible swap, tabu and aspiration included", "[grouping]") {
-  // Shapes cover k below, at and above the 8-wide blocks, and k not a multiple of 4.
+  // Shapes cover k below, at and above the 8-wide blocks, k not a multiple of 4, and more than
+  // 8 and 16 groups (the Vᵀ lookup then blends 2 and 3 permutes).
   std::mt19937_64 rng(46);
-  for (auto [h, g] : {std::pair<Index, Index>{32, 8}, {12, 3}, {20, 4}, {16, 2}, {27, 3}, {35, 5}, {36, 4}, {6, 3}, {40, 2}}) {
+  for (auto [h, g] : {std::pair<Index, Index>{32, 8}, {12, 3}, {20, 4}, {16, 2}, {27, 3}, {35, 5}, {36, 4}, {6, 3}, {40, 2},
+                      {32, 16}, {36, 18}, {30, 10}}) {
     CAPTURE(h, g);
     const Index k = h / g;
     const Matrix<double> s = random_similarity(h, rng);

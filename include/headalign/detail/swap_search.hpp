@@ -260,34 +260,24 @@ class SwapSearch {
     return ok;
   }
 
-  // Row p's gains against every later group, 8 at a time (lanes past H read V = −inf). The
-  // first term picks Vᵀ_{p, c(y)} by permutes of row p of Vᵀ, 8 groups per permute.
-  __attribute__((target("avx2"))) void row_max_avx2(Index a, Index p, bool penalised, __m256& mu, __m256& mp) const {
-    const float* const r = &p_[at(p, 0)];
-    const float* const v = &v_[static_cast<std::size_t>(a * ld_)];
+  // Δ(p, y … y + 7) for p in group a (lanes past H read V = −inf). The first term picks
+  // Vᵀ_{p, c(y)} from row p of Vᵀ by permutes, 8 groups per permute (blended above 8 groups).
+  __attribute__((target("avx2"))) __m256 gains8_avx2(Index a, Index p, Index y) const {
     const float* const vt = &vt_[static_cast<std::size_t>(p * ldt_)];
-    const std::int32_t* const gi = group_.data();
-    const __m256 m2 = _mm256_set1_ps(-2.0f);
-    if (g_ <= 8) {
-      const __m256 t8 = _mm256_loadu_ps(vt);
-      for (Index y = (a + 1) * k_; y < h_; y += 8) {
-        const __m256 t = _mm256_permutevar8x32_ps(t8, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(gi + y)));
-        const __m256 gv = _mm256_add_ps(_mm256_add_ps(t, _mm256_loadu_ps(v + y)), _mm256_mul_ps(m2, _mm256_loadu_ps(r + y)));
-        mu = _mm256_max_ps(mu, gv);
-        if (penalised) mp = _mm256_max_ps(mp, _mm256_add_ps(gv, _mm256_loadu_ps(&pen_[static_cast<std::size_t>(y)])));
-      }
-      return;
+    const __m256i idx = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(&group_[static_cast<std::size_t>(y)]));
+    __m256 t = _mm256_permutevar8x32_ps(_mm256_loadu_ps(vt), idx);
+    for (Index c = 8; c < g_; c += 8) {
+      const __m256i here = _mm256_cmpeq_epi32(_mm256_srli_epi32(idx, 3), _mm256_set1_epi32(static_cast<int>(c / 8)));
+      t = _mm256_blendv_ps(t, _mm256_permutevar8x32_ps(_mm256_loadu_ps(vt + c), idx), _mm256_castsi256_ps(here));  // idx mod 8
     }
+    return _mm256_add_ps(_mm256_add_ps(t, _mm256_loadu_ps(&v_[static_cast<std::size_t>(a * ld_ + y)])),
+                         _mm256_mul_ps(_mm256_set1_ps(-2.0f), _mm256_loadu_ps(&p_[at(p, y)])));
+  }
+
+  // Row p's gains against every later group: their maximum, and with penalties.
+  __attribute__((target("avx2"))) void row_max_avx2(Index a, Index p, bool penalised, __m256& mu, __m256& mp) const {
     for (Index y = (a + 1) * k_; y < h_; y += 8) {
-      const __m256i idx = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(gi + y));
-      const __m256i chunk = _mm256_srli_epi32(idx, 3);
-      __m256 t = _mm256_permutevar8x32_ps(_mm256_loadu_ps(vt), idx);
-      for (Index c = 8; c < g_; c += 8) {
-        const __m256 tc = _mm256_permutevar8x32_ps(_mm256_loadu_ps(vt + c), idx);  // uses idx mod 8
-        const __m256i here = _mm256_cmpeq_epi32(chunk, _mm256_set1_epi32(static_cast<int>(c / 8)));
-        t = _mm256_blendv_ps(t, tc, _mm256_castsi256_ps(here));
-      }
-      const __m256 gv = _mm256_add_ps(_mm256_add_ps(t, _mm256_loadu_ps(v + y)), _mm256_mul_ps(m2, _mm256_loadu_ps(r + y)));
+      const __m256 gv = gains8_avx2(a, p, y);
       mu = _mm256_max_ps(mu, gv);
       if (penalised) mp = _mm256_max_ps(mp, _mm256_add_ps(gv, _mm256_loadu_ps(&pen_[static_cast<std::size_t>(y)])));
     }
@@ -391,19 +381,9 @@ class SwapSearch {
 
   // The first slot of row p (later groups) whose gain, penalised or not, equals target; −1 if none.
   __attribute__((target("avx2"))) Index row_find_avx2(Index a, Index p, bool penalised, float target) const {
-    const float* const r = &p_[at(p, 0)];
-    const float* const v = &v_[static_cast<std::size_t>(a * ld_)];
-    const float* const vt = &vt_[static_cast<std::size_t>(p * ldt_)];
-    const std::int32_t* const gi = group_.data();
-    const __m256 m2 = _mm256_set1_ps(-2.0f), want = _mm256_set1_ps(target);
+    const __m256 want = _mm256_set1_ps(target);
     for (Index y = (a + 1) * k_; y < h_; y += 8) {
-      const __m256i idx = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(gi + y));
-      __m256 t = _mm256_permutevar8x32_ps(_mm256_loadu_ps(vt), idx);
-      for (Index c = 8; c < g_; c += 8) {
-        const __m256i here = _mm256_cmpeq_epi32(_mm256_srli_epi32(idx, 3), _mm256_set1_epi32(static_cast<int>(c / 8)));
-        t = _mm256_blendv_ps(t, _mm256_permutevar8x32_ps(_mm256_loadu_ps(vt + c), idx), _mm256_castsi256_ps(here));
-      }
-      __m256 gv = _mm256_add_ps(_mm256_add_ps(t, _mm256_loadu_ps(v + y)), _mm256_mul_ps(m2, _mm256_loadu_ps(r + y)));
+      __m256 gv = gains8_avx2(a, p, y);
       if (penalised) gv = _mm256_add_ps(gv, _mm256_loadu_ps(&pen_[static_cast<std::size_t>(y)]));
       const int hit = _mm256_movemask_ps(_mm256_cmp_ps(gv, want, _CMP_EQ_OQ));
       if (hit != 0) return y + __builtin_ctz(static_cast<unsigned>(hit));
