@@ -294,17 +294,19 @@ class SwapSearch {
     float* HEADALIGN_RESTRICT const vt = vt_.data();
     float* HEADALIGN_RESTRICT const own = own_.data();
     const float* HEADALIGN_RESTRICT const d = d_.data();
-    // Exactly Gᵀ + d in lane a and Gᵀ − d in lane b: d · 1 and d · 0 are exact.
+    // own of a's and b's slots first (the lane each row gains or loses d in), then one pass:
+    // Gᵀ + d in lane a and Gᵀ − d in lane b (d · 1 and d · 0 are exact, so the lanes equal own),
+    // and Vᵀ = Gᵀ − own.
+    for (Index i = 0; i < k; ++i) {
+      own[a * k + i] = gt[8 * (a * k + i) + a] + d[a * k + i];
+      own[b * k + i] = gt[8 * (b * k + i) + b] - d[b * k + i];
+    }
     for (Index x = 0; x < h; ++x) {
       const __m256 dx = _mm256_broadcast_ss(d + x);
-      _mm256_storeu_ps(gt + 8 * x, _mm256_sub_ps(_mm256_add_ps(_mm256_loadu_ps(gt + 8 * x), _mm256_mul_ps(dx, plus)), _mm256_mul_ps(dx, minus)));
+      const __m256 row = _mm256_sub_ps(_mm256_add_ps(_mm256_loadu_ps(gt + 8 * x), _mm256_mul_ps(dx, plus)), _mm256_mul_ps(dx, minus));
+      _mm256_storeu_ps(gt + 8 * x, row);
+      _mm256_storeu_ps(vt + 8 * x, _mm256_sub_ps(row, _mm256_broadcast_ss(own + x)));
     }
-    for (Index i = 0; i < k; ++i) {
-      own[a * k + i] = gt[8 * (a * k + i) + a];
-      own[b * k + i] = gt[8 * (b * k + i) + b];
-    }
-    for (Index x = 0; x < h; ++x)
-      _mm256_storeu_ps(vt + 8 * x, _mm256_sub_ps(_mm256_loadu_ps(gt + 8 * x), _mm256_broadcast_ss(own + x)));
   }
 
   // All rows of group a at once (g ≤ 8): each 8 slots' V, penalties and groups are loaded once
