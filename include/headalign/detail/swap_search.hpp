@@ -10,7 +10,7 @@
 /// Row p's gains against every later group are then one contiguous expression over q,
 /// \f$ V_{c(q)p} + V_{Aq} - 2P_{pq} \f$, whose first term is a lookup of row p of \f$ V^\top \f$
 /// by the group of q: one AVX2 permute per 8 slots (per 8 groups), chosen at run time. A swap
-/// updates G, V and \f$ V^\top \f$ in O(H·k + H·g). The search works in float on the similarity
+/// updates P, \f$ G^\top \f$, V and \f$ V^\top \f$ in O(H·k + H·g). The search works in float on the similarity
 /// scaled by a power of two (max |s| in [1/2, 1)); the score it reports is kept exactly, in
 /// double, from the unscaled similarity, and group_heads() finishes with a double-precision
 /// steepest ascent.
@@ -60,7 +60,7 @@ struct CacheAligned {
   bool operator!=(const CacheAligned<U>&) const noexcept { return false; }
 };
 
-/// Swap-neighbourhood state of one grouping (slots, P, G, V, Vᵀ) with a tabu list by slot.
+/// Swap-neighbourhood state of one grouping (slots, P, Gᵀ, V, Vᵀ) with a tabu list by slot.
 class SwapSearch {
  public:
   /// @param sim symmetric H × H with a zero diagonal and finite entries; @param num_groups g ≥ 2
@@ -181,7 +181,7 @@ class SwapSearch {
     return pp >= 0;
   }
 
-  /// Swaps the heads of slots p and q (different groups) and updates P, G, V, Vᵀ and the score.
+  /// Swaps the heads of slots p and q (different groups) and updates P, Gᵀ, V, Vᵀ and the score.
   /// V_cx is kept where the scan reads it, for groups c before x's.
   void apply(Index p, Index q) {
     score_ += exact_gain(p, q);
