@@ -7,6 +7,7 @@
 
 #include <Eigen/Core>
 
+#include <cmath>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -61,6 +62,25 @@ void check_finite(const Eigen::DenseBase<Derived>& m, const char* what) {
   if (!all_finite(m)) {
     throw_invalid_argument(std::string(what) + " contains NaN or Inf");
   }
+}
+
+/// The power of two that brings @p largest (≥ 0) into [1/2, 1): `exponent` e with
+/// largest = f · 2^e, f ∈ [1/2, 1) (0 when largest is 0), and 2^−e as two factors `down`, each a
+/// normal number where 2^−e alone can overflow or be subnormal. Multiplying by both scales
+/// exactly (no step rounds); ldexp(·, e) undoes it.
+template <class S>
+struct PowerOfTwo {
+  int exponent = 0;
+  S down[2] = {S(1), S(1)};
+};
+
+template <class S>
+PowerOfTwo<S> power_of_two(S largest) {
+  PowerOfTwo<S> p;
+  if (largest > S(0)) std::frexp(largest, &p.exponent);
+  p.down[0] = std::ldexp(S(1), -(p.exponent / 2));
+  p.down[1] = std::ldexp(S(1), -(p.exponent - p.exponent / 2));
+  return p;
 }
 
 /// C ← A · op(B) + beta·C for row-major A (m × k, leading dimension lda), B (k × n, or n × k

@@ -263,6 +263,11 @@ Grouping group_heads(const Matrix<S>& similarity, Index num_groups, GroupingOpti
     std::vector<Index> slots(static_cast<std::size_t>(h));
     std::iota(slots.begin(), slots.end(), Index(0));
     std::int64_t step = 0, since_best = 0;
+    // Tabu until step + 1 + tenure (exclusive); steps ≤ INT_MAX, so clamp instead of overflowing.
+    auto forbid = [&](Index slot) {
+      search.forbid(slot, static_cast<std::int32_t>(
+                              std::min<std::int64_t>(step + 1 + tenure(rng), std::numeric_limits<std::int32_t>::max())));
+    };
     bool stop = false;
     while (!stop && step < options.steps) {
       std::shuffle(slots.begin(), slots.end(), rng);
@@ -278,12 +283,7 @@ Grouping group_heads(const Matrix<S>& similarity, Index num_groups, GroupingOpti
         Index p = -1, q = -1;
         if (!search.best_move(static_cast<std::int32_t>(step), best_score - search.score() + eps, p, q)) break;
         search.apply(p, q);
-        // Tabu until step + 1 + tenure (exclusive); steps ≤ INT_MAX, so clamp instead of overflowing.
         // With pairs (k = 2) the partners too: swapping them would restore the old partition.
-        auto forbid = [&](Index slot) {
-          search.forbid(slot, static_cast<std::int32_t>(
-                                  std::min<std::int64_t>(step + 1 + tenure(rng), std::numeric_limits<std::int32_t>::max())));
-        };
         forbid(p);
         forbid(q);
         if (k == 2) {

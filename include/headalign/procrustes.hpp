@@ -346,12 +346,10 @@ template <class S>
 int normalize_exponent(Matrix<S>& m) {
   const S largest = m.size() ? m.cwiseAbs().maxCoeff() : S(0);
   if (!(largest > S(0))) return 0;
-  int e = 0;
-  std::frexp(largest, &e);
-  // Two factors, each a normal number, so no step rounds (2^-e alone can be subnormal).
-  m *= std::ldexp(S(1), -(e / 2));
-  m *= std::ldexp(S(1), -(e - e / 2));
-  return e;
+  const PowerOfTwo<S> scale = power_of_two(largest);
+  m *= scale.down[0];
+  m *= scale.down[1];
+  return scale.exponent;
 }
 
 /// The RoPE closed form (see procrustes()) read straight from M, without copying it: M is
@@ -368,10 +366,9 @@ ProcrustesResult<S> rope_solution(const Eigen::Ref<const Matrix<S>>& m, const Ro
   ProcrustesResult<S> result{with_rotation ? Matrix<S>(Matrix<S>::Identity(d, d)) : Matrix<S>(), S(0)};
   if (d == 0 && !with_rotation) return result;
   const Index r = rotary_dims(rope, d);
-  const S largest = d ? m.cwiseAbs().maxCoeff() : S(0);
-  int e = 0;
-  if (largest > S(0)) std::frexp(largest, &e);
-  const S s1 = std::ldexp(S(1), -(e / 2)), s2 = std::ldexp(S(1), -(e - e / 2));  // as normalize_exponent()
+  const PowerOfTwo<S> scale = power_of_two(d ? m.cwiseAbs().maxCoeff() : S(0));  // as normalize_exponent()
+  const int e = scale.exponent;
+  const S s1 = scale.down[0], s2 = scale.down[1];
   auto at = [&](Index i, Index j) { return m(i, j) * s1 * s2; };
   for (const auto& plane : rope_planes(rope, d)) {
     const Index a = plane.first, b = plane.second;

@@ -219,9 +219,9 @@ bool simd_singular_values(const S* const* blocks, int count, Index n, Index ld, 
     S largest = 0;
     for (Index j = 0; j < n; ++j)
       for (Index i = 0; i < n; ++i) largest = std::max(largest, std::abs(m[i + j * ld]));
-    if (largest > S(0)) std::frexp(largest, &exponent[l]);
-    // Two factors, each a normal number (2^-e alone can overflow or be subnormal).
-    const S s1 = std::ldexp(S(1), -(exponent[l] / 2)), s2 = std::ldexp(S(1), -(exponent[l] - exponent[l] / 2));
+    const PowerOfTwo<S> scale = power_of_two(largest);
+    exponent[l] = scale.exponent;
+    const S s1 = scale.down[0], s2 = scale.down[1];
     for (Index j = 0; j < n; ++j)
       for (Index i = 0; i < n; ++i) a[static_cast<std::size_t>(i + j * n)][l] = m[i + j * ld] * s1 * s2;
   }

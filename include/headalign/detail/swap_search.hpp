@@ -69,8 +69,10 @@ class SwapSearch {
       : sim_(sim), h_(sim.rows()), g_(num_groups), k_(sim.rows() / num_groups) {
     ld_ = (h_ + 7 + 15) / 16 * 16;  // room for an 8-wide load that starts at any slot < H; rows on cache lines
     ldt_ = (g_ + 7) / 8 * 8;
-    const double top = sim.cwiseAbs().maxCoeff();
-    if (top > 0) std::frexp(top, &exponent_);  // top = f · 2^exponent_, f in [1/2, 1)
+    const PowerOfTwo<double> scale = power_of_two(sim.cwiseAbs().maxCoeff());
+    exponent_ = scale.exponent;
+    unscale_[0] = scale.down[0];
+    unscale_[1] = scale.down[1];
     sf_.resize(static_cast<std::size_t>(h_ * h_));
     for (Index x = 0; x < h_; ++x)
       for (Index y = 0; y < h_; ++y)
@@ -86,9 +88,6 @@ class SwapSearch {
     pen_.assign(static_cast<std::size_t>(ld_), 0.0f);
     heads_.resize(static_cast<std::size_t>(h_));
     tabu_.assign(static_cast<std::size_t>(ld_), 0);
-    // 2^−exponent_ as two finite factors (exponent_ may be as low as −1073 for subnormal s).
-    unscale_[0] = std::ldexp(1.0, -exponent_ / 2);
-    unscale_[1] = std::ldexp(1.0, -exponent_ - (-exponent_ / 2));
   }
 
   /// Slot x holds head `heads[x]`; clears the tabu list.
@@ -396,8 +395,8 @@ class SwapSearch {
 
   const Matrix<double>& sim_;
   Index h_, g_, k_, ld_ = 0, ldt_ = 0;
-  int exponent_ = 0;  // the search sees s · 2^−exponent_
-  double unscale_[2] = {1, 1};
+  int exponent_ = 0;            // the search sees s · 2^−exponent_
+  double unscale_[2] = {1, 1};  // 2^−exponent_ as two finite factors (power_of_two())
   double score_ = 0;
   std::vector<Index> heads_;
   std::vector<std::int32_t, CacheAligned<std::int32_t>> group_;  // group of each slot (0 past H)
