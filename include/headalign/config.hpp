@@ -139,6 +139,18 @@ void gemm(const Matrix<S>& a, const Matrix<S>& b, S beta, Matrix<S>& c) {
   gemm_row_major<S>(b.cols(), a.rows(), a.cols(), b.data(), b.rows(), a.data(), a.rows(), false, c.data(), c.rows(), beta);
 }
 
+#if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
+/// Whether this CPU runs AVX2 + FMA code (checked once); the kernels that use it are compiled
+/// with function-level `target("avx2,fma")`, so the build needs no global flags.
+inline bool cpu_has_avx2_fma() {
+  static const bool ok = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  }();
+  return ok;
+}
+#endif
+
 }  // namespace detail
 }  // namespace headalign
 

@@ -47,13 +47,7 @@ constexpr int simd_bidiagonal_width() {
 #if HEADALIGN_SIMD_BIDIAGONAL
 
 /// Whether this CPU runs the AVX2 + FMA kernels (checked once).
-inline bool simd_bidiagonal_available() {
-  static const bool ok = [] {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  }();
-  return ok;
-}
+inline bool simd_bidiagonal_available() { return cpu_has_avx2_fma(); }
 
 /// W = 32 / sizeof(S) lanes of S in one 256-bit register. The alignment is explicit: without
 /// -mavx GCC gives such types 16-byte alignment, while the AVX2 kernels use aligned loads.

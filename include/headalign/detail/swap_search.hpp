@@ -10,7 +10,9 @@
 /// Row p's gains against every later group are then one contiguous expression over q,
 /// \f$ V_{c(q)p} + V_{Aq} - 2P_{pq} \f$, whose first term is a lookup of row p of \f$ V^\top \f$
 /// by the group of q: one AVX2 permute per 8 slots (per 8 groups), chosen at run time. A swap
-/// updates P, \f$ G^\top \f$, V and \f$ V^\top \f$ in O(H·k + H·g). The search works in float on the similarity
+/// updates P (rows and columns p, q), G (rows A and B, columns p and q) and o (the slots of A and
+/// B) in O(H + g + k); each scan first derives V = G − o and, for the AVX2 scan, \f$ V^\top \f$
+/// (8 × 8 transposes), in O(H·g). The search works in float on the similarity
 /// scaled by a power of two (max |s| in [1/2, 1)); the score it reports is kept exactly, in
 /// double, from the unscaled similarity, and group_heads() finishes with a double-precision
 /// steepest ascent.
@@ -60,10 +62,10 @@ struct CacheAligned {
   bool operator!=(const CacheAligned<U>&) const noexcept { return false; }
 };
 
-/// Swap-neighbourhood state of one grouping (slots, P, Gᵀ, V, Vᵀ) with a tabu list by slot.
+/// Swap-neighbourhood state of one grouping (slots, P, G, V) with a tabu list by slot.
 class SwapSearch {
  public:
-  /// @param sim symmetric H × H with a zero diagonal and finite entries; @param num_groups g ≥ 2
+  /// @param sim exactly symmetric H × H with a zero diagonal and finite entries; @param num_groups g ≥ 2
   /// dividing H with H/g ≥ 2 (group_heads() checks all of this before)
   SwapSearch(const Matrix<double>& sim, Index num_groups)
       : sim_(sim), h_(sim.rows()), g_(num_groups), k_(sim.rows() / num_groups) {
@@ -80,10 +82,12 @@ class SwapSearch {
     group_.assign(static_cast<std::size_t>(ld_), 0);  // slots past H: group 0, masked by V = −inf
     for (Index x = 0; x < h_; ++x) group_[static_cast<std::size_t>(x)] = static_cast<std::int32_t>(x / k_);
     p_.assign(static_cast<std::size_t>(h_ * ld_), 0.0f);
-    gt_.assign(static_cast<std::size_t>(h_ * ldt_), 0.0f);
-    v_.assign(static_cast<std::size_t>(g_ * ld_), -std::numeric_limits<float>::infinity());
-    vt_.assign(static_cast<std::size_t>(h_ * ldt_), 0.0f);
-    own_.assign(static_cast<std::size_t>(ld_), 0.0f);
+    g_rows_.assign(static_cast<std::size_t>(ldt_ * ld_), 0.0f);  // rows past g: 0
+    v_.assign(static_cast<std::size_t>(ldt_ * ld_), 0.0f);
+    for (Index c = 0; c < ldt_; ++c)  // past H: −inf, where the scan's 8-wide loads end
+      std::fill(v_.begin() + c * ld_ + h_, v_.begin() + (c + 1) * ld_, -std::numeric_limits<float>::infinity());
+    vt_.assign(static_cast<std::size_t>(ld_ * ldt_), 0.0f);
+    own_.assign(static_cast<std::size_t>(ld_), std::numeric_limits<float>::infinity());  // V = G − own = −inf past H
     d_.assign(static_cast<std::size_t>(ld_), 0.0f);
     pen_.assign(static_cast<std::size_t>(ld_), 0.0f);
     heads_.resize(static_cast<std::size_t>(h_));
@@ -104,18 +108,12 @@ class SwapSearch {
         const float* const row = &p_[at(x, c * k_)];
         float t = 0;
         for (Index i = 0; i < k_; ++i) t += row[i];
-        gt_[static_cast<std::size_t>(x * ldt_ + c)] = t;
+        g_rows_[at(c, x)] = t;
       }
       for (Index x = c * k_; x < c * k_ + k_; ++x)
         for (Index y = x + 1; y < c * k_ + k_; ++y) score_ += sim_(head(x), head(y));
     }
-    for (Index x = 0; x < h_; ++x) own_[static_cast<std::size_t>(x)] = gt_[static_cast<std::size_t>(x * ldt_ + grp(x))];
-    for (Index x = 0; x < h_; ++x)
-      for (Index c = 0; c < g_; ++c) {
-        const float v = gt_[static_cast<std::size_t>(x * ldt_ + c)] - own_[static_cast<std::size_t>(x)];
-        vt_[static_cast<std::size_t>(x * ldt_ + c)] = v;
-        v_[static_cast<std::size_t>(c * ld_ + x)] = v;
-      }
+    for (Index x = 0; x < h_; ++x) own_[static_cast<std::size_t>(x)] = g_rows_[at(grp(x), x)];
     std::fill(tabu_.begin(), tabu_.end(), std::int32_t(0));
   }
 
@@ -130,12 +128,15 @@ class SwapSearch {
 
   /// Exact change of the objective when slots p and q (of different groups) swap heads.
   double exact_gain(Index p, Index q) const {
-    const Index a = grp(p), b = grp(q), hp = head(p), hq = head(q);
+    const Index a = grp(p), b = grp(q);
+    const double* const sp = &sim_(0, head(p));  // s is symmetric: columns hp and hq
+    const double* const sq = &sim_(0, head(q));
+    const Index* const hs = heads_.data();
     double gain = 0;
     for (Index y = b * k_; y < b * k_ + k_; ++y)
-      if (y != q) gain += sim_(hp, head(y)) - sim_(hq, head(y));
+      if (y != q) gain += sp[hs[y]] - sq[hs[y]];
     for (Index y = a * k_; y < a * k_ + k_; ++y)
-      if (y != p) gain += sim_(hq, head(y)) - sim_(hp, head(y));
+      if (y != p) gain += sq[hs[y]] - sp[hs[y]];
     return gain;
   }
 
@@ -150,6 +151,8 @@ class SwapSearch {
 #if HEADALIGN_SIMD_SWAP_SEARCH
     if (!portable && avx2()) return best_move_avx2(step, need, bp, bq);
 #endif
+    for (Index c = 0; c < g_; ++c)
+      for (Index x = 0; x < h_; ++x) v_[at(c, x)] = g_rows_[at(c, x)] - own_[static_cast<std::size_t>(x)];
     for (Index y = 0; y < h_; ++y) pen_[static_cast<std::size_t>(y)] = tabu_[static_cast<std::size_t>(y)] > step ? ninf : 0.0f;
     float mu = ninf, mp = ninf;
     Index pu = -1, qu = -1, pp = -1, qp = -1;
@@ -180,62 +183,47 @@ class SwapSearch {
     return pp >= 0;
   }
 
-  /// Swaps the heads of slots p and q (different groups) and updates P, Gᵀ, V, Vᵀ and the score.
-  /// V_cx is kept where the scan reads it, for groups c before x's.
+  /// Swaps the heads of slots p and q (different groups) and updates P, G, own and the score
+  /// (best_move() derives V = G − own from them).
   void apply(Index p, Index q) {
     score_ += exact_gain(p, q);
-    const Index a = grp(p), b = grp(q), h = h_, k = k_, ld = ld_, ldt = ldt_, g = g_;
-    float* const P = p_.data();
-    float* const GT = gt_.data();
-    float* const V = v_.data();
-    float* const VT = vt_.data();
-    float* const own = own_.data();
-    float* HEADALIGN_RESTRICT const rp = P + p * ld;
-    float* HEADALIGN_RESTRICT const rq = P + q * ld;
+    const Index a = grp(p), b = grp(q), h = h_, k = k_, ld = ld_, g = g_;
+    float* HEADALIGN_RESTRICT const rp = p_.data() + p * ld;
+    float* HEADALIGN_RESTRICT const rq = p_.data() + q * ld;
     float* HEADALIGN_RESTRICT const d = d_.data();
-    for (Index x = 0; x < h; ++x) d[x] = rq[x] - rp[x];  // P is symmetric: column q − column p
-    std::swap_ranges(rp, rp + h, rq);
+    float* const G = g_rows_.data();
+    float* HEADALIGN_RESTRICT const ga = G + a * ld;
+    float* HEADALIGN_RESTRICT const gb = G + b * ld;
+#if HEADALIGN_SIMD_SWAP_SEARCH
+    const bool simd = !portable && avx2();
+    if (simd) swap_rows_avx2(rp, rq, d);
+    else
+#endif
+    {
+      for (Index x = 0; x < h; ++x) d[x] = rq[x] - rp[x];  // P is symmetric: column q − column p
+      for (Index x = 0; x < h; ++x) std::swap(rp[x], rq[x]);
+    }
     std::swap(rp[p], rp[q]);  // the 2 × 2 block of p and q: both indices swap
     std::swap(rq[p], rq[q]);
-    for (Index x = 0; x < h; ++x) {  // columns p and q from the new rows (P stays symmetric)
-      P[x * ld + p] = rp[x];
-      P[x * ld + q] = rq[x];
-    }
-    // Gᵀ rows follow the heads; then column a gains d and column b loses it.
-    std::swap_ranges(GT + p * ldt, GT + p * ldt + g, GT + q * ldt);
+    set_columns(p, q);
+    // G's columns p and q follow the heads (and so does d); then row a gains d and row b loses it.
+    for (Index c = 0; c < g; ++c) std::swap(G[c * ld + p], G[c * ld + q]);
     std::swap(d[p], d[q]);
     std::swap(heads_[static_cast<std::size_t>(p)], heads_[static_cast<std::size_t>(q)]);
     std::swap(tabu_[static_cast<std::size_t>(p)], tabu_[static_cast<std::size_t>(q)]);
 #if HEADALIGN_SIMD_SWAP_SEARCH
-    if (!portable && g <= 8 && avx2()) {
-      update_avx2(a, b);
-    } else
+    if (simd) add_avx2(ga, gb, d);
+    else
 #endif
     {
       for (Index x = 0; x < h; ++x) {
-        GT[x * ldt + a] += d[x];
-        GT[x * ldt + b] -= d[x];
+        ga[x] += d[x];
+        gb[x] -= d[x];
       }
-      for (Index i = 0; i < k; ++i) {
-        own[a * k + i] = GT[(a * k + i) * ldt + a];
-        own[b * k + i] = GT[(b * k + i) * ldt + b];
-      }
-      // Vᵀ = Gᵀ − own changed in columns a, b and in the rows of a's and b's slots.
-      for (Index x = 0; x < h; ++x) {
-        VT[x * ldt + a] = GT[x * ldt + a] - own[x];
-        VT[x * ldt + b] = GT[x * ldt + b] - own[x];
-      }
-      for (Index c : {a, b})
-        for (Index x = c * k; x < c * k + k; ++x)
-          for (Index cc = 0; cc < g; ++cc) VT[x * ldt + cc] = GT[x * ldt + cc] - own[x];
     }
-    // V (V_cx = Vᵀ_xc) where the scan reads it: rows a and b right of their groups, and the
-    // columns of a's and b's slots above their groups.
-    for (Index c : {a, b}) {
-      float* HEADALIGN_RESTRICT const vc = V + c * ld;
-      for (Index x = (c + 1) * k; x < h; ++x) vc[x] = VT[x * ldt + c];
-      for (Index x = c * k; x < c * k + k; ++x)
-        for (Index cc = 0; cc < c; ++cc) V[cc * ld + x] = VT[x * ldt + cc];
+    for (Index i = 0; i < k; ++i) {
+      own_[static_cast<std::size_t>(a * k + i)] = ga[a * k + i];
+      own_[static_cast<std::size_t>(b * k + i)] = gb[b * k + i];
     }
   }
 
@@ -243,101 +231,217 @@ class SwapSearch {
   std::size_t at(Index x, Index y) const { return static_cast<std::size_t>(x * ld_ + y); }
   Index grp(Index x) const { return group_[static_cast<std::size_t>(x)]; }
   Index head(Index x) const { return heads_[static_cast<std::size_t>(x)]; }
-  // Δ(p, y) in float, p in group a: (Vᵀ_{p,c(y)} + V_{ay}) + (−2P_py). −2P is exact, so a fused
+
+  // Columns p and q of P from rows p and q (P stays symmetric); unrolled by four.
+  void set_columns(Index p, Index q) {
+    const Index h = h_, ld = ld_;
+    const float* const rp = p_.data() + p * ld;  // not restrict: the columns cross these rows
+    const float* const rq = p_.data() + q * ld;
+    float* col = p_.data();
+    Index x = 0;
+    for (; x + 4 <= h; x += 4, col += 4 * ld) {
+      col[p] = rp[x];
+      col[q] = rq[x];
+      col[ld + p] = rp[x + 1];
+      col[ld + q] = rq[x + 1];
+      col[2 * ld + p] = rp[x + 2];
+      col[2 * ld + q] = rq[x + 2];
+      col[3 * ld + p] = rp[x + 3];
+      col[3 * ld + q] = rq[x + 3];
+    }
+    for (; x < h; ++x, col += ld) {
+      col[p] = rp[x];
+      col[q] = rq[x];
+    }
+  }
+
+  // Δ(p, y) in float, p in group a: (V_{c(y)p} + V_{ay}) + (−2P_py). −2P is exact, so a fused
   // multiply–add gives the same float as the two roundings: both scans agree bit for bit.
   float gain_f(Index a, Index p, Index y) const {
-    const float t = vt_[static_cast<std::size_t>(p * ldt_ + grp(y))] + v_[static_cast<std::size_t>(a * ld_ + y)];
+    const float t = v_[at(grp(y), p)] + v_[at(a, y)];
     return t + -2.0f * p_[at(p, y)];
   }
 
 #if HEADALIGN_SIMD_SWAP_SEARCH
-  static bool avx2() {
-    static const bool ok = [] {
-      __builtin_cpu_init();
-      return __builtin_cpu_supports("avx2") != 0;
-    }();
-    return ok;
-  }
+  static bool avx2() { return cpu_has_avx2_fma(); }
 
-  // Δ(p, y … y + 7) for p in group a (lanes past H read V = −inf). The first term picks
-  // Vᵀ_{p, c(y)} from row p of Vᵀ by permutes, 8 groups per permute (blended above 8 groups).
-  __attribute__((target("avx2"))) __m256 gains8_avx2(Index a, Index p, Index y) const {
-    const float* const vt = &vt_[static_cast<std::size_t>(p * ldt_)];
-    const __m256i idx = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(&group_[static_cast<std::size_t>(y)]));
-    __m256 t = _mm256_permutevar8x32_ps(_mm256_loadu_ps(vt), idx);
-    for (Index c = 8; c < g_; c += 8) {
-      const __m256i here = _mm256_cmpeq_epi32(_mm256_srli_epi32(idx, 3), _mm256_set1_epi32(static_cast<int>(c / 8)));
-      t = _mm256_blendv_ps(t, _mm256_permutevar8x32_ps(_mm256_loadu_ps(vt + c), idx), _mm256_castsi256_ps(here));  // idx mod 8
-    }
-    return _mm256_add_ps(_mm256_add_ps(t, _mm256_loadu_ps(&v_[static_cast<std::size_t>(a * ld_ + y)])),
-                         _mm256_mul_ps(_mm256_set1_ps(-2.0f), _mm256_loadu_ps(&p_[at(p, y)])));
-  }
-
-  // Row p's gains against every later group: their maximum, and with penalties.
-  __attribute__((target("avx2"))) void row_max_avx2(Index a, Index p, bool penalised, __m256& mu, __m256& mp) const {
-    for (Index y = (a + 1) * k_; y < h_; y += 8) {
-      const __m256 gv = gains8_avx2(a, p, y);
-      mu = _mm256_max_ps(mu, gv);
-      if (penalised) mp = _mm256_max_ps(mp, _mm256_add_ps(gv, _mm256_loadu_ps(&pen_[static_cast<std::size_t>(y)])));
+  // d = row q − row p, then rows p and q swap (8 slots a load; past H both rows are 0).
+  __attribute__((target("avx2,fma"))) void swap_rows_avx2(float* HEADALIGN_RESTRICT rp, float* HEADALIGN_RESTRICT rq,
+                                                      float* HEADALIGN_RESTRICT d) const {
+    for (Index x = 0; x < h_; x += 8) {
+      const __m256 u = _mm256_loadu_ps(rp + x), w = _mm256_loadu_ps(rq + x);
+      _mm256_storeu_ps(d + x, _mm256_sub_ps(w, u));
+      _mm256_storeu_ps(rp + x, w);
+      _mm256_storeu_ps(rq + x, u);
     }
   }
 
-  // Gᵀ += d ⊗ (e_a − e_b), own and Vᵀ = Gᵀ − own: one register per row (at most 8 groups).
-  __attribute__((target("avx2"))) void update_avx2(Index a, Index b) {
-    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    const __m256 one = _mm256_set1_ps(1.0f);
-    const __m256 plus = _mm256_and_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(lane, _mm256_set1_epi32(static_cast<int>(a)))), one);
-    const __m256 minus = _mm256_and_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(lane, _mm256_set1_epi32(static_cast<int>(b)))), one);
-    const Index h = h_, k = k_;
-    float* HEADALIGN_RESTRICT const gt = gt_.data();  // ldt_ == 8 here
-    float* HEADALIGN_RESTRICT const vt = vt_.data();
-    float* HEADALIGN_RESTRICT const own = own_.data();
-    const float* HEADALIGN_RESTRICT const d = d_.data();
-    // own of a's and b's slots first (the lane each row gains or loses d in), then one pass:
-    // Gᵀ + d in lane a and Gᵀ − d in lane b (d · 1 and d · 0 are exact, so the lanes equal own),
-    // and Vᵀ = Gᵀ − own.
-    for (Index i = 0; i < k; ++i) {
-      own[a * k + i] = gt[8 * (a * k + i) + a] + d[a * k + i];
-      own[b * k + i] = gt[8 * (b * k + i) + b] - d[b * k + i];
-    }
-    for (Index x = 0; x < h; ++x) {
-      const __m256 dx = _mm256_broadcast_ss(d + x);
-      const __m256 row = _mm256_sub_ps(_mm256_add_ps(_mm256_loadu_ps(gt + 8 * x), _mm256_mul_ps(dx, plus)), _mm256_mul_ps(dx, minus));
-      _mm256_storeu_ps(gt + 8 * x, row);
-      _mm256_storeu_ps(vt + 8 * x, _mm256_sub_ps(row, _mm256_broadcast_ss(own + x)));
+  // G_a += d, G_b −= d.
+  __attribute__((target("avx2,fma"))) void add_avx2(float* HEADALIGN_RESTRICT ga, float* HEADALIGN_RESTRICT gb,
+                                                const float* HEADALIGN_RESTRICT d) const {
+    for (Index x = 0; x < h_; x += 8) {
+      const __m256 dx = _mm256_loadu_ps(d + x);
+      _mm256_storeu_ps(ga + x, _mm256_add_ps(_mm256_loadu_ps(ga + x), dx));
+      _mm256_storeu_ps(gb + x, _mm256_sub_ps(_mm256_loadu_ps(gb + x), dx));
     }
   }
 
-  // All rows of group a at once (g ≤ 8): each 8 slots' V, penalties and groups are loaded once
-  // for the k rows; a tabu row's penalised gains get −inf from its own penalty.
-  __attribute__((target("avx2"))) void group_max_avx2(Index a, __m256& mu, __m256& mp) const {
-    const float* const v = &v_[static_cast<std::size_t>(a * ld_)];
-    const std::int32_t* const gi = group_.data();
-    const __m256 m2 = _mm256_set1_ps(-2.0f);
-    for (Index y = (a + 1) * k_; y < h_; y += 8) {
-      const __m256i idx = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(gi + y));
-      const __m256 vy = _mm256_loadu_ps(v + y), py = _mm256_loadu_ps(&pen_[static_cast<std::size_t>(y)]);
-      const float* r = &p_[at(a * k_, y)];
-      const float* vt = &vt_[static_cast<std::size_t>(a * k_ * ldt_)];
-      for (Index p = a * k_; p < a * k_ + k_; ++p, r += ld_, vt += 8) {
-        const __m256 t = _mm256_permutevar8x32_ps(_mm256_loadu_ps(vt), idx);
-        const __m256 gv = _mm256_add_ps(_mm256_add_ps(t, vy), _mm256_mul_ps(m2, _mm256_loadu_ps(r)));
-        mu = _mm256_max_ps(mu, gv);
-        mp = _mm256_max_ps(mp, _mm256_add_ps(_mm256_add_ps(gv, py), _mm256_broadcast_ss(&pen_[static_cast<std::size_t>(p)])));
+  // V = G − own and its transpose Vᵀ, 8 × 8 blocks (the scan looks up V_{c(y)p} in row p of Vᵀ).
+  __attribute__((target("avx2,fma"))) void refresh_avx2() {
+    const Index ld = ld_, ldt = ldt_;
+    for (Index x0 = 0; x0 < h_; x0 += 8) {
+      const __m256 own = _mm256_loadu_ps(&own_[static_cast<std::size_t>(x0)]);
+      for (Index c0 = 0; c0 < ldt; c0 += 8) {
+        const float* const src = &g_rows_[at(c0, x0)];
+        float* const v = &v_[at(c0, x0)];
+        __m256 r[8], s[8];
+        for (int i = 0; i < 8; ++i) {
+          r[i] = _mm256_sub_ps(_mm256_loadu_ps(src + i * ld), own);
+          _mm256_storeu_ps(v + i * ld, r[i]);
+        }
+        for (int i = 0; i < 8; i += 2) {
+          s[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+          s[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+        }
+        for (int i = 0; i < 8; i += 4) {
+          r[i] = _mm256_shuffle_ps(s[i], s[i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+          r[i + 1] = _mm256_shuffle_ps(s[i], s[i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+          r[i + 2] = _mm256_shuffle_ps(s[i + 1], s[i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+          r[i + 3] = _mm256_shuffle_ps(s[i + 1], s[i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+        }
+        float* const dst = &vt_[static_cast<std::size_t>(x0 * ldt + c0)];
+        for (int i = 0; i < 4; ++i) {
+          _mm256_storeu_ps(dst + i * ldt, _mm256_permute2f128_ps(r[i], r[i + 4], 0x20));
+          _mm256_storeu_ps(dst + (i + 4) * ldt, _mm256_permute2f128_ps(r[i], r[i + 4], 0x31));
+        }
       }
     }
   }
 
-  __attribute__((target("avx2"))) static float hmax(__m256 m) {
-    __m128 x = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
-    x = _mm_max_ps(x, _mm_movehl_ps(x, x));
-    x = _mm_max_ss(x, _mm_shuffle_ps(x, x, 1));
-    return _mm_cvtss_f32(x);
+  // Δ(p, y … y + 7) for p in group a (lanes past H read V = −inf), given the first 8 lanes of row
+  // p of Vᵀ: the first term picks V_{c(y)p} by permutes, 8 groups per permute (blended above 8).
+  __attribute__((target("avx2,fma"))) __m256 gains8_avx2(Index a, Index p, Index y, __m256 vt0) const {
+    const float* const vt = &vt_[static_cast<std::size_t>(p * ldt_)];
+    const __m256i idx = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(&group_[static_cast<std::size_t>(y)]));
+    __m256 t = _mm256_permutevar8x32_ps(vt0, idx);
+    for (Index c = 8; c < g_; c += 8) {
+      const __m256i here = _mm256_cmpeq_epi32(_mm256_srli_epi32(idx, 3), _mm256_set1_epi32(static_cast<int>(c / 8)));
+      t = _mm256_blendv_ps(t, _mm256_permutevar8x32_ps(_mm256_loadu_ps(vt + c), idx), _mm256_castsi256_ps(here));  // idx mod 8
+    }
+    return _mm256_fmadd_ps(_mm256_set1_ps(-2.0f), _mm256_loadu_ps(&p_[at(p, y)]), _mm256_add_ps(t, _mm256_loadu_ps(&v_[at(a, y)])));
   }
 
-  // Group maxima first, then the rows of the winning group, then the winning row's columns:
-  // the same (first, largest) pair as the portable scan.
-  __attribute__((target("avx2"))) bool best_move_avx2(std::int32_t step, double need, Index& bp, Index& bq) {
+  // Rows p0 … p0 + R − 1 (R ≤ 4) of group a (g ≤ 8: a row of Vᵀ is one register), against
+  // every later group: the gains (Vᵀ_{p,c(y)} + V_ay) − 2P_py, the last step with one rounding
+  // (−2P is exact, so the same float as the portable scan), into their maximum mu, and with the
+  // penalties of the slots y into each row's maximum, which its own penalty then clears for a
+  // tabu row before it joins mp.
+  template <int R>
+  __attribute__((target("avx2,fma"), always_inline)) inline void rows_max8_avx2(Index a, Index p0, __m256& mu, __m256& mp) const {
+    const Index ld = ld_, h = h_;
+    const float* const v = &v_[at(a, 0)];
+    const float* const pen = pen_.data();
+    const std::int32_t* const gi = group_.data();
+    const float* const r0 = &p_[at(p0, 0)];
+    const float* const vt = &vt_[static_cast<std::size_t>(p0 * 8)];
+    const __m256 m2 = _mm256_set1_ps(-2.0f), ninf = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+    const __m256 t0 = _mm256_loadu_ps(vt), t1 = R > 1 ? _mm256_loadu_ps(vt + 8) : t0;
+    const __m256 t2 = R > 2 ? _mm256_loadu_ps(vt + 16) : t0, t3 = R > 3 ? _mm256_loadu_ps(vt + 24) : t0;
+    __m256 u = mu, b0 = ninf, b1 = ninf, b2 = ninf, b3 = ninf;
+    for (Index y = (a + 1) * k_; y < h; y += 8) {
+      const __m256i idx = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(gi + y));
+      const __m256 vy = _mm256_loadu_ps(v + y), py = _mm256_loadu_ps(pen + y);
+      const float* const r = r0 + y;
+      __m256 gv = _mm256_fmadd_ps(m2, _mm256_loadu_ps(r), _mm256_add_ps(_mm256_permutevar8x32_ps(t0, idx), vy));
+      u = _mm256_max_ps(u, gv);
+      b0 = _mm256_max_ps(b0, _mm256_add_ps(gv, py));
+      if (R > 1) {
+        gv = _mm256_fmadd_ps(m2, _mm256_loadu_ps(r + ld), _mm256_add_ps(_mm256_permutevar8x32_ps(t1, idx), vy));
+        u = _mm256_max_ps(u, gv);
+        b1 = _mm256_max_ps(b1, _mm256_add_ps(gv, py));
+      }
+      if (R > 2) {
+        gv = _mm256_fmadd_ps(m2, _mm256_loadu_ps(r + 2 * ld), _mm256_add_ps(_mm256_permutevar8x32_ps(t2, idx), vy));
+        u = _mm256_max_ps(u, gv);
+        b2 = _mm256_max_ps(b2, _mm256_add_ps(gv, py));
+      }
+      if (R > 3) {
+        gv = _mm256_fmadd_ps(m2, _mm256_loadu_ps(r + 3 * ld), _mm256_add_ps(_mm256_permutevar8x32_ps(t3, idx), vy));
+        u = _mm256_max_ps(u, gv);
+        b3 = _mm256_max_ps(b3, _mm256_add_ps(gv, py));
+      }
+    }
+    mu = u;
+    __m256 w = _mm256_max_ps(mp, _mm256_add_ps(b0, _mm256_broadcast_ss(pen + p0)));
+    if (R > 1) w = _mm256_max_ps(w, _mm256_add_ps(b1, _mm256_broadcast_ss(pen + p0 + 1)));
+    if (R > 2) w = _mm256_max_ps(w, _mm256_add_ps(b2, _mm256_broadcast_ss(pen + p0 + 2)));
+    if (R > 3) w = _mm256_max_ps(w, _mm256_add_ps(b3, _mm256_broadcast_ss(pen + p0 + 3)));
+    mp = w;
+  }
+
+  // Every group's maxima (g ≤ 8; rows up to four at a time), kept lane by lane with the first
+  // group that reached them.
+  __attribute__((target("avx2,fma"))) void scan8_avx2(__m256& bu, __m256i& fu, __m256& bp, __m256i& fp) const {
+    const __m256 ninf = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+    __m256 best_u = ninf, best_p = ninf;
+    __m256i from_u = _mm256_setzero_si256(), from_p = from_u;
+    const Index k = k_;
+    for (Index a = 0, first = 0; a + 1 < g_; ++a, first += k) {
+      __m256 u = ninf, w = ninf;
+      Index p = first;
+      for (; p + 4 <= first + k; p += 4) rows_max8_avx2<4>(a, p, u, w);
+      switch (first + k - p) {
+        case 3: rows_max8_avx2<3>(a, p, u, w); break;
+        case 2: rows_max8_avx2<2>(a, p, u, w); break;
+        case 1: rows_max8_avx2<1>(a, p, u, w); break;
+        default: break;
+      }
+      keep_max(u, a, best_u, from_u);
+      keep_max(w, a, best_p, from_p);
+    }
+    bu = best_u;
+    fu = from_u;
+    bp = best_p;
+    fp = from_p;
+  }
+
+  // The same for any g (blended permutes).
+  __attribute__((target("avx2,fma"))) void row_max_avx2(Index a, Index p, bool free_row, __m256& mu, __m256& mp) const {
+    const __m256 vt0 = _mm256_loadu_ps(&vt_[static_cast<std::size_t>(p * ldt_)]);
+    for (Index y = (a + 1) * k_; y < h_; y += 8) {
+      const __m256 gv = gains8_avx2(a, p, y, vt0);
+      mu = _mm256_max_ps(mu, gv);
+      if (free_row) mp = _mm256_max_ps(mp, _mm256_add_ps(gv, _mm256_loadu_ps(&pen_[static_cast<std::size_t>(y)])));
+    }
+  }
+
+  // Lane by lane, the largest value so far and the first group it came from.
+  __attribute__((target("avx2,fma"))) static void keep_max(__m256 value, Index group, __m256& best, __m256i& from) {
+    const __m256 more = _mm256_cmp_ps(value, best, _CMP_GT_OQ);
+    best = _mm256_max_ps(best, value);
+    from = _mm256_castps_si256(
+        _mm256_blendv_ps(_mm256_castsi256_ps(from), _mm256_castsi256_ps(_mm256_set1_epi32(static_cast<int>(group))), more));
+  }
+
+  // The largest lane of `best` and the first group that reached it (−1 when all are −inf).
+  __attribute__((target("avx2,fma"))) static float lane_max(__m256 best, __m256i from, Index& group) {
+    __m128 x = _mm_max_ps(_mm256_castps256_ps128(best), _mm256_extractf128_ps(best, 1));
+    x = _mm_max_ps(x, _mm_movehl_ps(x, x));
+    x = _mm_max_ss(x, _mm_shuffle_ps(x, x, 1));
+    const float m = _mm_cvtss_f32(x);
+    group = -1;
+    if (m == -std::numeric_limits<float>::infinity()) return m;
+    alignas(32) std::int32_t ids[8];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(ids), from);
+    unsigned hit = static_cast<unsigned>(_mm256_movemask_ps(_mm256_cmp_ps(best, _mm256_set1_ps(m), _CMP_EQ_OQ)));
+    group = std::numeric_limits<Index>::max();
+    for (; hit != 0; hit &= hit - 1) group = std::min<Index>(group, ids[__builtin_ctz(hit)]);
+    return m;
+  }
+
+  // Group maxima first (lane by lane), then the rows of the winning group, then the winning
+  // row's columns: the same (first, largest) pair as the portable scan.
+  __attribute__((target("avx2,fma"))) bool best_move_avx2(std::int32_t step, double need, Index& bp, Index& bq) {
     constexpr float ninf = -std::numeric_limits<float>::infinity();
     const __m256i now = _mm256_set1_epi32(step);
     const __m256 minus_inf = _mm256_set1_ps(ninf);
@@ -345,27 +449,24 @@ class SwapSearch {
       const __m256i t = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(&tabu_[static_cast<std::size_t>(y)]));
       _mm256_storeu_ps(&pen_[static_cast<std::size_t>(y)], _mm256_and_ps(_mm256_castsi256_ps(_mm256_cmpgt_epi32(t, now)), minus_inf));
     }
-    float mu = ninf, mp = ninf;
-    Index au = -1, ap = -1;
-    for (Index a = 0; a + 1 < g_; ++a) {
-      __m256 gu = _mm256_set1_ps(ninf), gp = gu;
-      if (g_ <= 8) {
-        group_max_avx2(a, gu, gp);
-      } else {
+    refresh_avx2();
+    __m256 bu = minus_inf, bpen = minus_inf;
+    __m256i fu = _mm256_setzero_si256(), fpen = fu;
+    if (g_ <= 8) {
+      scan8_avx2(bu, fu, bpen, fpen);
+    } else {
+      for (Index a = 0; a + 1 < g_; ++a) {
+        __m256 gu = minus_inf, gp = minus_inf;
         for (Index p = a * k_; p < a * k_ + k_; ++p) row_max_avx2(a, p, pen_[static_cast<std::size_t>(p)] == 0, gu, gp);
-      }
-      const float u = hmax(gu), w = hmax(gp);
-      if (u > mu) {
-        mu = u;
-        au = a;
-      }
-      if (w > mp) {
-        mp = w;
-        ap = a;
+        keep_max(gu, a, bu, fu);
+        keep_max(gp, a, bpen, fpen);
       }
     }
+    Index au = -1, ap = -1;
+    const float mu = lane_max(bu, fu, au);
+    const float mp = lane_max(bpen, fpen, ap);
     const bool aspire = au >= 0 && static_cast<double>(mu) > need;
-    if (!aspire && mp == ninf) return false;
+    if (!aspire && ap < 0) return false;
     const Index a = aspire ? au : ap;
     const float target = aspire ? mu : mp;
     for (Index p = a * k_; p < a * k_ + k_; ++p) {
@@ -381,10 +482,10 @@ class SwapSearch {
   }
 
   // The first slot of row p (later groups) whose gain, penalised or not, equals target; −1 if none.
-  __attribute__((target("avx2"))) Index row_find_avx2(Index a, Index p, bool penalised, float target) const {
-    const __m256 want = _mm256_set1_ps(target);
+  __attribute__((target("avx2,fma"))) Index row_find_avx2(Index a, Index p, bool penalised, float target) const {
+    const __m256 want = _mm256_set1_ps(target), vt0 = _mm256_loadu_ps(&vt_[static_cast<std::size_t>(p * ldt_)]);
     for (Index y = (a + 1) * k_; y < h_; y += 8) {
-      __m256 gv = gains8_avx2(a, p, y);
+      __m256 gv = gains8_avx2(a, p, y, vt0);
       if (penalised) gv = _mm256_add_ps(gv, _mm256_loadu_ps(&pen_[static_cast<std::size_t>(y)]));
       const int hit = _mm256_movemask_ps(_mm256_cmp_ps(gv, want, _CMP_EQ_OQ));
       if (hit != 0) return y + __builtin_ctz(static_cast<unsigned>(hit));
@@ -401,7 +502,8 @@ class SwapSearch {
   std::vector<Index> heads_;
   std::vector<std::int32_t, CacheAligned<std::int32_t>> group_;  // group of each slot (0 past H)
   std::vector<float> sf_;                                        // the scaled similarity, by head
-  std::vector<float, CacheAligned<float>> p_, gt_, v_, vt_, own_, pen_, d_;  // gt_: Gᵀ
+  // P (H × ld), G and V (ldt × ld: rows past g unused), Vᵀ (ld × ldt, for the AVX2 scan)
+  std::vector<float, CacheAligned<float>> p_, g_rows_, v_, vt_, own_, pen_, d_;
   std::vector<std::int32_t, CacheAligned<std::int32_t>> tabu_;   // by slot, 0 past H
 };
 
