@@ -26,6 +26,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <new>
 #include <vector>
@@ -196,16 +197,16 @@ class SwapSearch {
     float* HEADALIGN_RESTRICT const gb = G + b * ld;
 #if HEADALIGN_SIMD_SWAP_SEARCH
     const bool simd = !portable && avx2();
-    if (simd) swap_rows_avx2(rp, rq, d);
+    if (simd) swap_avx2(p, q);
     else
 #endif
     {
       for (Index x = 0; x < h; ++x) d[x] = rq[x] - rp[x];  // P is symmetric: column q − column p
       for (Index x = 0; x < h; ++x) std::swap(rp[x], rq[x]);
+      std::swap(rp[p], rp[q]);  // the 2 × 2 block of p and q: both indices swap
+      std::swap(rq[p], rq[q]);
+      set_columns(p, q);
     }
-    std::swap(rp[p], rp[q]);  // the 2 × 2 block of p and q: both indices swap
-    std::swap(rq[p], rq[q]);
-    set_columns(p, q);
     // G's columns p and q follow the heads (and so does d); then row a gains d and row b loses it.
     for (Index c = 0; c < g; ++c) std::swap(G[c * ld + p], G[c * ld + q]);
     std::swap(d[p], d[q]);
@@ -265,16 +266,50 @@ class SwapSearch {
 #if HEADALIGN_SIMD_SWAP_SEARCH
   static bool avx2() { return cpu_has_avx2_fma(); }
 
-  // d = row q − row p, then rows p and q swap (8 slots a load; past H both rows are 0).
-  __attribute__((target("avx2,fma"))) void swap_rows_avx2(float* HEADALIGN_RESTRICT rp, float* HEADALIGN_RESTRICT rq,
-                                                      float* HEADALIGN_RESTRICT d) const {
-    for (Index x = 0; x < h_; x += 8) {
+  // The AVX2 form of apply()'s first part: d = row q − row p and rows p and q swap; then each
+  // new row is stored as a column too, 8 lanes from a register (P stays symmetric), which also
+  // writes the 2 × 2 block of p and q, set last.
+  __attribute__((target("avx2,fma"))) void swap_avx2(Index p, Index q) {
+    const Index h = h_, ld = ld_;
+    float* const P = p_.data();
+    float* HEADALIGN_RESTRICT const rp = P + p * ld;
+    float* HEADALIGN_RESTRICT const rq = P + q * ld;
+    float* HEADALIGN_RESTRICT const d = d_.data();
+    const float pq = rp[q];
+    for (Index x = 0; x < h; x += 8) {
       const __m256 u = _mm256_loadu_ps(rp + x), w = _mm256_loadu_ps(rq + x);
       _mm256_storeu_ps(d + x, _mm256_sub_ps(w, u));
       _mm256_storeu_ps(rp + x, w);
       _mm256_storeu_ps(rq + x, u);
     }
+    Index x = 0;
+    for (; x + 8 <= h; x += 8) {  // P_xp = row p's entry x, P_xq = row q's
+      store_lanes(P + x * ld + p, ld, _mm256_loadu_ps(rp + x));
+      store_lanes(P + x * ld + q, ld, _mm256_loadu_ps(rq + x));
+    }
+    for (; x < h; ++x) {
+      P[x * ld + p] = rp[x];
+      P[x * ld + q] = rq[x];
+    }
+    rp[p] = 0;  // the heads swapped places: P_pq = P_qp is unchanged, the diagonal 0
+    rq[q] = 0;
+    rp[q] = pq;
+    rq[p] = pq;
   }
+
+  // The 8 lanes of w to dst[0], dst[ld], …, dst[7·ld].
+  __attribute__((target("avx2,fma"), always_inline)) static inline void store_lanes(float* dst, Index ld, __m256 w) {
+    const __m128 lo = _mm256_castps256_ps128(w), hi = _mm256_extractf128_ps(w, 1);
+    _mm_store_ss(dst, lo);
+    lane_to(dst + ld, _mm_extract_ps(lo, 1));
+    lane_to(dst + 2 * ld, _mm_extract_ps(lo, 2));
+    lane_to(dst + 3 * ld, _mm_extract_ps(lo, 3));
+    _mm_store_ss(dst + 4 * ld, hi);
+    lane_to(dst + 5 * ld, _mm_extract_ps(hi, 1));
+    lane_to(dst + 6 * ld, _mm_extract_ps(hi, 2));
+    lane_to(dst + 7 * ld, _mm_extract_ps(hi, 3));
+  }
+  static void lane_to(float* dst, int bits) { std::memcpy(dst, &bits, sizeof bits); }
 
   // G_a += d, G_b −= d.
   __attribute__((target("avx2,fma"))) void add_avx2(float* HEADALIGN_RESTRICT ga, float* HEADALIGN_RESTRICT gb,
