@@ -259,14 +259,25 @@ Grouping group_heads(const Matrix<S>& similarity, Index num_groups, GroupingOpti
     // from a random grouping after `restart_after` steps without a better grouping in the run.
     detail::SwapSearch search(sim, num_groups);
     const double eps = 1e-12 * sim.cwiseAbs().maxCoeff();  // relative: any scale searches alike
-    std::uniform_int_distribution<int> tenure(1, static_cast<int>(std::max<Index>(4, h / 8 - 1)));
+    const std::uint64_t longest = static_cast<std::uint64_t>(std::max<Index>(4, h / 8 - 1));
     std::vector<Index> slots(static_cast<std::size_t>(h));
     std::iota(slots.begin(), slots.end(), Index(0));
     std::int64_t step = 0, since_best = 0;
-    // Tabu until step + 1 + tenure (exclusive); steps ≤ INT_MAX, so clamp instead of overflowing.
+    // Tabu until step + 1 + tenure (exclusive), the tenure in [1, longest] from 16 random bits,
+    // four per draw of the generator: each value's probability is within a factor 1 ± longest/2^16
+    // of uniform (± 0.2 % at 1,024 heads); steps ≤ INT_MAX, so clamp instead of overflowing.
+    std::uint64_t bits = 0;
+    int bits_left = 0;
     auto forbid = [&](Index slot) {
+      if (bits_left == 0) {
+        bits = rng();
+        bits_left = 4;
+      }
+      const std::int64_t tenure = 1 + static_cast<std::int64_t>(((bits & 0xFFFFu) * longest) >> 16);
+      bits >>= 16;
+      --bits_left;
       search.forbid(slot, static_cast<std::int32_t>(
-                              std::min<std::int64_t>(step + 1 + tenure(rng), std::numeric_limits<std::int32_t>::max())));
+                              std::min<std::int64_t>(step + 1 + tenure, std::numeric_limits<std::int32_t>::max())));
     };
     bool stop = false;
     while (!stop && step < options.steps) {
