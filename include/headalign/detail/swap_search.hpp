@@ -460,19 +460,20 @@ class SwapSearch {
 
   // The largest lane of `best` and the first group that reached it (−1 when all are −inf).
   __attribute__((target("avx2,fma"))) static float lane_max(__m256 best, __m256i from, Index& group) {
-    __m128 x = _mm_max_ps(_mm256_castps256_ps128(best), _mm256_extractf128_ps(best, 1));
-    x = _mm_max_ps(x, _mm_movehl_ps(x, x));
-    x = _mm_max_ss(x, _mm_shuffle_ps(x, x, 1));
-    const float m = _mm_cvtss_f32(x);
-    group = -1;
-    if (m == -std::numeric_limits<float>::infinity()) return m;
-    alignas(32) std::int32_t ids[8];
-    _mm256_store_si256(reinterpret_cast<__m256i*>(ids), from);
-    unsigned hit = static_cast<unsigned>(_mm256_movemask_ps(_mm256_cmp_ps(best, _mm256_set1_ps(m), _CMP_EQ_OQ)));
-    group = std::numeric_limits<Index>::max();
-    for (; hit != 0; hit &= hit - 1) group = std::min<Index>(group, ids[__builtin_ctz(hit)]);
-    return m;
+    __m256 m = _mm256_max_ps(best, _mm256_permute2f128_ps(best, best, 1));  // every lane: the maximum
+    m = _mm256_max_ps(m, _mm256_shuffle_ps(m, m, _MM_SHUFFLE(1, 0, 3, 2)));
+    m = _mm256_max_ps(m, _mm256_shuffle_ps(m, m, _MM_SHUFFLE(2, 3, 0, 1)));
+    // The smallest group among the lanes that hold it (others: INT_MAX), without leaving registers.
+    __m256i ids = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(_mm256_set1_epi32(std::numeric_limits<std::int32_t>::max())),
+                                                       _mm256_castsi256_ps(from), _mm256_cmp_ps(best, m, _CMP_EQ_OQ)));
+    ids = _mm256_min_epi32(ids, _mm256_permute2x128_si256(ids, ids, 1));
+    ids = _mm256_min_epi32(ids, _mm256_shuffle_epi32(ids, _MM_SHUFFLE(1, 0, 3, 2)));
+    ids = _mm256_min_epi32(ids, _mm256_shuffle_epi32(ids, _MM_SHUFFLE(2, 3, 0, 1)));
+    const float top = _mm256_cvtss_f32(m);
+    group = top == -std::numeric_limits<float>::infinity() ? Index(-1) : Index(_mm256_cvtsi256_si32(ids));
+    return top;
   }
+
 
   // Group maxima first (lane by lane), then the rows of the winning group, then the winning
   // row's columns: the same (first, largest) pair as the portable scan.
