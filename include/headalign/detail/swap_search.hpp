@@ -91,6 +91,7 @@ class SwapSearch {
     own_.assign(static_cast<std::size_t>(ld_), std::numeric_limits<float>::infinity());  // V = G − own = −inf past H
     d_.assign(static_cast<std::size_t>(ld_), 0.0f);
     pen_.assign(static_cast<std::size_t>(ld_), 0.0f);
+    row_pen_.assign(static_cast<std::size_t>(8 * h_), 0.0f);
     heads_.resize(static_cast<std::size_t>(h_));
     tabu_.assign(static_cast<std::size_t>(ld_), 0);
   }
@@ -372,7 +373,7 @@ class SwapSearch {
   // penalties of the slots y into each row's maximum, which its own penalty then clears for a
   // tabu row before it joins mp.
   template <int R>
-  __attribute__((target("avx2,fma"), always_inline)) inline void rows_max8_avx2(Index a, Index p0, __m256& mu, __m256& mp) const {
+  __attribute__((target("avx2,fma"), always_inline)) inline void rows_max8_avx2(Index a, Index p0, __m256& mu, __m256& mp) {
     const Index ld = ld_, h = h_;
     const float* const v = &v_[at(a, 0)];
     const float* const pen = pen_.data();
@@ -407,16 +408,32 @@ class SwapSearch {
       }
     }
     mu = u;
-    __m256 w = _mm256_max_ps(mp, _mm256_add_ps(b0, _mm256_broadcast_ss(pen + p0)));
-    if (R > 1) w = _mm256_max_ps(w, _mm256_add_ps(b1, _mm256_broadcast_ss(pen + p0 + 1)));
-    if (R > 2) w = _mm256_max_ps(w, _mm256_add_ps(b2, _mm256_broadcast_ss(pen + p0 + 2)));
-    if (R > 3) w = _mm256_max_ps(w, _mm256_add_ps(b3, _mm256_broadcast_ss(pen + p0 + 3)));
+    // Each row's penalised maxima, kept for find_avx2().
+    float* const rows = &row_pen_[static_cast<std::size_t>(8 * p0)];
+    b0 = _mm256_add_ps(b0, _mm256_broadcast_ss(pen + p0));
+    _mm256_store_ps(rows, b0);
+    __m256 w = _mm256_max_ps(mp, b0);
+    if (R > 1) {
+      b1 = _mm256_add_ps(b1, _mm256_broadcast_ss(pen + p0 + 1));
+      _mm256_store_ps(rows + 8, b1);
+      w = _mm256_max_ps(w, b1);
+    }
+    if (R > 2) {
+      b2 = _mm256_add_ps(b2, _mm256_broadcast_ss(pen + p0 + 2));
+      _mm256_store_ps(rows + 16, b2);
+      w = _mm256_max_ps(w, b2);
+    }
+    if (R > 3) {
+      b3 = _mm256_add_ps(b3, _mm256_broadcast_ss(pen + p0 + 3));
+      _mm256_store_ps(rows + 24, b3);
+      w = _mm256_max_ps(w, b3);
+    }
     mp = w;
   }
 
   // Every group's maxima (g ≤ 8; rows up to four at a time), kept lane by lane with the first
   // group that reached them.
-  __attribute__((target("avx2,fma"))) void scan8_avx2(__m256& bu, __m256i& fu, __m256& bp, __m256i& fp) const {
+  __attribute__((target("avx2,fma"))) void scan8_avx2(__m256& bu, __m256i& fu, __m256& bp, __m256i& fp) {
     const __m256 ninf = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
     __m256 best_u = ninf, best_p = ninf;
     __m256i from_u = _mm256_setzero_si256(), from_p = from_u;
@@ -441,13 +458,17 @@ class SwapSearch {
   }
 
   // The same for any g (blended permutes).
-  __attribute__((target("avx2,fma"))) void row_max_avx2(Index a, Index p, bool free_row, __m256& mu, __m256& mp) const {
+  __attribute__((target("avx2,fma"))) void row_max_avx2(Index a, Index p, __m256& mu, __m256& mp) {
     const __m256 vt0 = _mm256_loadu_ps(&vt_[static_cast<std::size_t>(p * ldt_)]);
+    __m256 row = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
     for (Index y = (a + 1) * k_; y < h_; y += 8) {
       const __m256 gv = gains8_avx2(a, p, y, vt0);
       mu = _mm256_max_ps(mu, gv);
-      if (free_row) mp = _mm256_max_ps(mp, _mm256_add_ps(gv, _mm256_loadu_ps(&pen_[static_cast<std::size_t>(y)])));
+      row = _mm256_max_ps(row, _mm256_add_ps(gv, _mm256_loadu_ps(&pen_[static_cast<std::size_t>(y)])));
     }
+    row = _mm256_add_ps(row, _mm256_broadcast_ss(&pen_[static_cast<std::size_t>(p)]));
+    _mm256_store_ps(&row_pen_[static_cast<std::size_t>(8 * p)], row);
+    mp = _mm256_max_ps(mp, row);
   }
 
   // Lane by lane, the largest value so far and the first group it came from.
@@ -493,7 +514,7 @@ class SwapSearch {
     } else {
       for (Index a = 0; a + 1 < g_; ++a) {
         __m256 gu = minus_inf, gp = minus_inf;
-        for (Index p = a * k_; p < a * k_ + k_; ++p) row_max_avx2(a, p, pen_[static_cast<std::size_t>(p)] == 0, gu, gp);
+        for (Index p = a * k_; p < a * k_ + k_; ++p) row_max_avx2(a, p, gu, gp);
         keep_max(gu, a, bu, fu);
         keep_max(gp, a, bpen, fpen);
       }
@@ -503,11 +524,9 @@ class SwapSearch {
     const float mp = lane_max(bpen, fpen, ap);
     const bool aspire = au >= 0 && static_cast<double>(mu) > need;
     if (!aspire && ap < 0) return false;
-    const Index a = aspire ? au : ap;
-    const float target = aspire ? mu : mp;
-    for (Index p = a * k_; p < a * k_ + k_; ++p) {
-      if (!aspire && pen_[static_cast<std::size_t>(p)] != 0) continue;
-      const Index y = row_find_avx2(a, p, !aspire, target);
+    if (!aspire) return find_avx2(ap, mp, bp, bq);
+    for (Index p = au * k_; p < au * k_ + k_; ++p) {
+      const Index y = row_find_avx2(au, p, false, mu);
       if (y >= 0) {
         bp = p;
         bq = y;
@@ -515,6 +534,31 @@ class SwapSearch {
       }
     }
     return false;  // not reached: the target is some pair's gain
+  }
+
+  // The first admissible pair (row-major) of group a's rows with penalised gain `target`: the
+  // first row whose kept maxima reach it, then its first slot, without branching on the data.
+  __attribute__((target("avx2,fma"))) bool find_avx2(Index a, float target, Index& bp, Index& bq) const {
+    const __m256 want = _mm256_set1_ps(target);
+    const Index none = std::numeric_limits<Index>::max(), start = (a + 1) * k_;
+    Index p = none;
+    for (Index x = start - 1; x >= a * k_; --x) {  // last to first: the first row with a hit stays
+      const int hit = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_load_ps(&row_pen_[static_cast<std::size_t>(8 * x)]), want, _CMP_EQ_OQ));
+      p = hit != 0 ? x : p;
+    }
+    if (p == none) return false;  // not reached: the target is some pair's gain
+    const __m256 vt0 = _mm256_loadu_ps(&vt_[static_cast<std::size_t>(p * ldt_)]);
+    Index q = none;
+    for (Index y = start; y < h_; y += 8) {
+      const __m256 gv = _mm256_add_ps(gains8_avx2(a, p, y, vt0), _mm256_loadu_ps(&pen_[static_cast<std::size_t>(y)]));
+      const unsigned hit = static_cast<unsigned>(_mm256_movemask_ps(_mm256_cmp_ps(gv, want, _CMP_EQ_OQ)));
+      const Index here = y + __builtin_ctz(hit | 0x100u);
+      q = std::min(q, hit != 0 ? here : none);
+    }
+    if (q == none) return false;  // not reached
+    bp = p;
+    bq = q;
+    return true;
   }
 
   // The first slot of row p (later groups) whose gain, penalised or not, equals target; −1 if none.
@@ -540,6 +584,7 @@ class SwapSearch {
   std::vector<float> sf_;                                        // the scaled similarity, by head
   // P (H × ld), G and V (ldt × ld: rows past g unused), Vᵀ (ld × ldt, for the AVX2 scan)
   std::vector<float, CacheAligned<float>> p_, g_rows_, v_, vt_, own_, pen_, d_;
+  std::vector<float, CacheAligned<float>> row_pen_;  // H × 8: each row's penalised gain maxima, by lane
   std::vector<std::int32_t, CacheAligned<std::int32_t>> tabu_;   // by slot, 0 past H
 };
 
