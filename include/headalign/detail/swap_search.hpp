@@ -495,7 +495,6 @@ class SwapSearch {
     return top;
   }
 
-
   // Group maxima first (lane by lane), then the rows of the winning group, then the winning
   // row's columns: the same (first, largest) pair as the portable scan.
   __attribute__((target("avx2,fma"))) bool best_move_avx2(std::int32_t step, double need, Index& bp, Index& bq) {
@@ -547,30 +546,26 @@ class SwapSearch {
       p = hit != 0 ? x : p;
     }
     if (p == none) return false;  // not reached: the target is some pair's gain
-    const __m256 vt0 = _mm256_loadu_ps(&vt_[static_cast<std::size_t>(p * ldt_)]);
-    Index q = none;
-    for (Index y = start; y < h_; y += 8) {
-      const __m256 gv = _mm256_add_ps(gains8_avx2(a, p, y, vt0), _mm256_loadu_ps(&pen_[static_cast<std::size_t>(y)]));
-      const unsigned hit = static_cast<unsigned>(_mm256_movemask_ps(_mm256_cmp_ps(gv, want, _CMP_EQ_OQ)));
-      const Index here = y + __builtin_ctz(hit | 0x100u);
-      q = std::min(q, hit != 0 ? here : none);
-    }
-    if (q == none) return false;  // not reached
+    const Index q = row_find_avx2(a, p, true, target);
+    if (q < 0) return false;  // not reached
     bp = p;
     bq = q;
     return true;
   }
 
-  // The first slot of row p (later groups) whose gain, penalised or not, equals target; −1 if none.
+  // The first slot of row p (later groups) whose gain, penalised or not, equals target; −1 if
+  // none. Every 8 slots are compared, without branching on the data.
   __attribute__((target("avx2,fma"))) Index row_find_avx2(Index a, Index p, bool penalised, float target) const {
     const __m256 want = _mm256_set1_ps(target), vt0 = _mm256_loadu_ps(&vt_[static_cast<std::size_t>(p * ldt_)]);
+    const Index none = std::numeric_limits<Index>::max();
+    Index first = none;
     for (Index y = (a + 1) * k_; y < h_; y += 8) {
       __m256 gv = gains8_avx2(a, p, y, vt0);
       if (penalised) gv = _mm256_add_ps(gv, _mm256_loadu_ps(&pen_[static_cast<std::size_t>(y)]));
-      const int hit = _mm256_movemask_ps(_mm256_cmp_ps(gv, want, _CMP_EQ_OQ));
-      if (hit != 0) return y + __builtin_ctz(static_cast<unsigned>(hit));
+      const unsigned hit = static_cast<unsigned>(_mm256_movemask_ps(_mm256_cmp_ps(gv, want, _CMP_EQ_OQ)));
+      first = std::min(first, hit != 0 ? y + __builtin_ctz(hit | 0x100u) : none);
     }
-    return -1;
+    return first == none ? Index(-1) : first;
   }
 #endif
 
