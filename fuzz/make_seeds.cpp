@@ -3,6 +3,7 @@
 //   make_seeds fuzz/corpus
 // The .npy seeds are copies of tests/data/npy (files NumPy wrote).
 #include <headalign/headalign.hpp>
+#include <headalign/io/gram_file.hpp>
 
 #include <cstdint>
 #include <cstdio>
@@ -71,7 +72,7 @@ void gram_seeds(const fs::path& dir) {
   {
     HeadGram<double> k(4, 2, true);
     k.add(activations(16, 8));
-    k.save((dir / "single_cos.safetensors").string());
+    io::save_gram((dir / "single_cos.safetensors").string(), k);
   }
   for (bool cos : {true, false}) {
     HeadGram<double> k(4, 2, cos), v(4, 2, cos);
@@ -79,14 +80,14 @@ void gram_seeds(const fs::path& dir) {
     k.add(activations(16, 8));
     v.add(activations(16, 8));
     q.add(activations(16, 8));
-    save_grams<double>((dir / (cos ? "set_cos.safetensors" : "set_dist.safetensors")).string(),
+    io::save_grams<double>((dir / (cos ? "set_cos.safetensors" : "set_dist.safetensors")).string(),
                        {{"layers.0.key", &k}, {"layers.0.value", &v}}, {{"layers.0.query", &q}});
   }
   {
     HeadGram<float> k(3, 3, false), v(3, 3, false);
     k.add(activations(5, 9).cast<float>().eval());
     v.add(activations(5, 9).cast<float>().eval());
-    save_grams<float>((dir / "set_f32_no_queries.safetensors").string(), {{"layers.0.key", &k}, {"layers.0.value", &v}});
+    io::save_grams<float>((dir / "set_f32_no_queries.safetensors").string(), {{"layers.0.key", &k}, {"layers.0.value", &v}});
   }
 }
 

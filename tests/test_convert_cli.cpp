@@ -365,7 +365,7 @@ TEST_CASE("headalign-convert: --merge weightings, query statistics in activation
   const fs::path none = fresh("merge_none");
   r = convert(m + " --calibration " + bare.string() + " --merge query --output " + none.string());
   CHECK(r.status != 0);
-  CHECK(r.err.find("--merge query needs query statistics") != std::string::npos);
+  CHECK(r.err.find("merge = query needs query statistics") != std::string::npos);
   CHECK_FALSE(fs::exists(none));
   {
     io::SafetensorsReader full(calib.string());

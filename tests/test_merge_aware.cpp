@@ -406,44 +406,6 @@ TEST_CASE("HeadMoments: the diagonal Gram blocks, streamed, merged, saved and lo
   CHECK(mf.tokens() == 0);
   for (Index i = 0; i < h; ++i) CHECK(mf.block(i).isZero(0));
 
-  const std::string path = "test_merge_aware_moments.safetensors";
-  {
-    io::SafetensorsWriter wr;
-    m.write_to(wr, "layers.0.query");
-    wr.write(path);
-  }
-  io::SafetensorsReader r(path);
-  const auto back = HeadMoments<double>::read_from(r, "layers.0.query");
-  CHECK(back.tokens() == 40);
-  for (Index i = 0; i < h; ++i) CHECK(back.block(i) == m.block(i));
-  CHECK_THROWS_AS(HeadMoments<double>::read_from(r, "layers.1.query"), io_error);
-  {
-    // A tensor that is not a set of moments (wrong kind, then a non-symmetric block).
-    io::SafetensorsWriter wr;
-    m.write_to(wr, "q");
-    wr.set_metadata("q.kind", "gram");
-    wr.write(path);
-  }
-  {
-    io::SafetensorsReader r2(path);
-    CHECK_THROWS_AS(HeadMoments<double>::read_from(r2, "q"), io_error);
-  }
-  {
-    io::SafetensorsWriter wr;
-    std::vector<double> data(static_cast<std::size_t>(h * d * d), 0.0);
-    data[1] = 1.0;  // (0, 1) without (1, 0)
-    wr.add("q", {h, d, d}, data.data());
-    wr.set_metadata("q.kind", "moments");
-    wr.set_metadata("q.num_heads", std::to_string(h));
-    wr.set_metadata("q.head_dim", std::to_string(d));
-    wr.set_metadata("q.tokens", "1");
-    wr.write(path);
-  }
-  {
-    io::SafetensorsReader r3(path);
-    CHECK_THROWS_AS(HeadMoments<double>::read_from(r3, "q"), io_error);
-  }
-  std::remove(path.c_str());
 }
 
 TEST_CASE("aware merging in float agrees with double", "[merge_aware]") {

@@ -177,33 +177,3 @@ TEST_CASE("malformed safetensors files are rejected, each with its own message",
   CHECK(good.read_all<float>("t") == std::vector<float>{0.0f, 0.0f});
 }
 
-TEST_CASE("Gram sets hold several named Grams", "[io][gram]") {
-  std::mt19937_64 rng(9);
-  HeadGram<double> a(2, 3, true), b(2, 3, false);
-  a.add(test::gaussian<double>(20, 6, rng));
-  b.add(test::gaussian<double>(30, 6, rng));
-  const std::string path = temp_file("set.safetensors");
-  save_grams<double>(path, {{"layers.0.key", &a}, {"layers.0.value", &b}});
-  CHECK(is_gram_set(path));
-  const auto a2 = load_gram<double>(path, "layers.0.key"), b2 = load_gram<double>(path, "layers.0.value");
-  CHECK(a2.gram() == a.gram());
-  CHECK(b2.gram() == b.gram());
-  CHECK(a2.normalize_rows());
-  CHECK_FALSE(b2.normalize_rows());
-  CHECK(b2.tokens() == 30);
-  CHECK_THROWS_WITH(load_gram<double>(path, "layers.1.key"), Catch::Contains("layers.1.key"));
-  a.save(temp_file("single.safetensors"));
-  CHECK_FALSE(is_gram_set(temp_file("single.safetensors")));
-  CHECK_THROWS_WITH(load_gram<double>(temp_file("single.safetensors"), "gram"), Catch::Contains("HeadGramSet"));
-  CHECK_THROWS_WITH(HeadGram<double>::load(path), Catch::Contains("headalign.HeadGram file"));
-
-  // With query moments beside the Grams.
-  HeadMoments<double> q(2, 3);
-  q.add(test::gaussian<double>(25, 6, rng));
-  save_grams<double>(path, {{"layers.0.key", &a}}, {{"layers.0.query", &q}});
-  const auto q2 = load_moments<double>(path, "layers.0.query");
-  CHECK(q2.tokens() == 25);
-  CHECK(q2.block(1) == q.block(1));
-  CHECK(load_gram<double>(path, "layers.0.key").gram() == a.gram());
-  CHECK_THROWS_AS(load_moments<double>(path, "layers.0.key"), io_error);  // a Gram, not moments
-}

@@ -4,7 +4,9 @@
 #include <headalign/gpa.hpp>
 #include <headalign/gram.hpp>
 #include <headalign/grouping.hpp>
+#include <headalign/gate_mixture.hpp>
 #include <headalign/merge.hpp>
+#include <headalign/merge_error.hpp>
 #include <headalign/transforms.hpp>
 
 #include "attention_ref.hpp"

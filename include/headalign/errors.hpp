@@ -5,6 +5,7 @@
 #define HEADALIGN_ERRORS_HPP
 
 #include <cstddef>
+#include <exception>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -25,6 +26,13 @@ class io_error : public std::runtime_error {
  public:
   using std::runtime_error::runtime_error;
 };
+
+/// @brief The message of an exception without the "headalign: " prefix that the library's own
+/// exceptions carry, for a caller that puts its own context (or its program's name) in front.
+inline std::string message_of(const std::exception& e) {
+  const std::string what = e.what(), prefix = "headalign: ";
+  return what.compare(0, prefix.size(), prefix) == 0 ? what.substr(prefix.size()) : what;
+}
 
 namespace detail {
 

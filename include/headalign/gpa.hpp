@@ -9,11 +9,12 @@
 #ifndef HEADALIGN_GPA_HPP
 #define HEADALIGN_GPA_HPP
 
+#include "detail/blas.hpp"
+#include "detail/numeric.hpp"
 #include "gram.hpp"
 #include "procrustes.hpp"
 
 #include <cmath>
-#include <set>
 #include <vector>
 
 namespace headalign {
@@ -53,6 +54,92 @@ struct GpaResult {
   CompInfo info = CompInfo::NotComputed;
 };
 
+namespace detail {
+
+/// The cross-Gram blocks of one group, blocks[t·k + u] = G_{h_t h_u}, and the GPA objective
+/// \f$ \sum_{t<u} \mathrm{tr}(R_t^\top G_{tu} R_u) / n \f$ on them.
+template <class S>
+class GroupBlocks {
+ public:
+  GroupBlocks(const HeadGram<S>& g, const std::vector<Index>& heads)
+      : k_(heads.size()), n_(static_cast<S>(g.tokens())), blocks_(k_ * k_), product_(g.head_dim(), g.head_dim()) {
+    for (std::size_t t = 0; t < k_; ++t)
+      for (std::size_t u = 0; u < k_; ++u) blocks_[t * k_ + u] = g.block(heads[t], heads[u]);
+  }
+
+  std::size_t size() const { return k_; }
+  S tokens() const { return n_; }
+  const Matrix<S>& operator()(std::size_t t, std::size_t u) const { return blocks_[t * k_ + u]; }
+
+  /// tr(R_tᵀ G_tu R_u) = ⟨G_tu R_u, R_t⟩: one product per pair.
+  S objective(const std::vector<Matrix<S>>& r) {
+    S sum = 0;
+    for (std::size_t t = 0; t < k_; ++t)
+      for (std::size_t u = t + 1; u < k_; ++u) {
+        gemm<S>((*this)(t, u), r[u], S(0), product_);
+        sum += product_.cwiseProduct(r[t]).sum();
+      }
+    return sum / n_;
+  }
+
+ private:
+  std::size_t k_;
+  S n_;
+  std::vector<Matrix<S>> blocks_;
+  Matrix<S> product_;
+};
+
+/// The objective's scale per pair: the Cauchy–Schwarz bound √(tr G_tt tr G_uu)/n averaged over
+/// the pairs (1 when it is 0), so that GpaOptions::tolerance is independent of the data's units.
+template <class S>
+S gpa_scale(const HeadGram<S>& g, const std::vector<Index>& heads) {
+  const std::size_t k = heads.size();
+  S scale = 0;
+  for (std::size_t t = 0; t < k; ++t)
+    for (std::size_t u = t + 1; u < k; ++u) scale += std::sqrt(g.trace(heads[t])) * std::sqrt(g.trace(heads[u]));
+  scale /= static_cast<S>(g.tokens()) * static_cast<S>(k * (k - 1) / 2);
+  return scale > S(0) ? scale : S(1);
+}
+
+/// One sweep of GpaUpdate::Sequential: R_t ← solve(Σ_{u≠t} G_tu R_u) for t = 0, 1, …; returns the
+/// new objective. Heads before t already hold their final transform of this sweep, so
+/// Σ_{u<t} G_tu R_u is also head t's share of the new objective: no extra products for it.
+template <class S, class Solve>
+S sequential_sweep(const GroupBlocks<S>& b, std::vector<Matrix<S>>& r, Solve&& solve) {
+  const std::size_t k = b.size();
+  const Index d = r.front().rows();
+  Matrix<S> lower(d, d), target(d, d);
+  S obj = 0;
+  for (std::size_t t = 0; t < k; ++t) {
+    lower.setZero();
+    for (std::size_t u = 0; u < t; ++u) gemm<S>(b(t, u), r[u], S(1), lower);
+    target = lower;
+    for (std::size_t u = t + 1; u < k; ++u) gemm<S>(b(t, u), r[u], S(1), target);
+    r[t] = solve(target);
+    obj += lower.cwiseProduct(r[t]).sum();
+  }
+  return obj / b.tokens();
+}
+
+/// One sweep of GpaUpdate::Reference: every R_t ← solve(Σ_u G_tu R_u) against the previous
+/// iteration's transforms (the mean shape, itself included); returns the new objective.
+template <class S, class Solve>
+S reference_sweep(GroupBlocks<S>& b, std::vector<Matrix<S>>& r, Solve&& solve) {
+  const std::size_t k = b.size();
+  const Index d = r.front().rows();
+  std::vector<Matrix<S>> next(k);
+  Matrix<S> target(d, d);
+  for (std::size_t t = 0; t < k; ++t) {
+    target.setZero();
+    for (std::size_t u = 0; u < k; ++u) gemm<S>(b(t, u), r[u], S(1), target);
+    next[t] = solve(target);
+  }
+  r.swap(next);
+  return b.objective(r);
+}
+
+}  // namespace detail
+
 /// @brief Aligns the heads of one group onto a common frame by generalized Procrustes.
 ///
 /// Start (as the reference): R_0 = I and every other head aligned onto the first,
@@ -78,11 +165,7 @@ GpaResult<S> align_group(const HeadGram<S>& g, const std::vector<Index>& heads, 
   HEADALIGN_CHECK(options.max_iterations >= 0 && options.tolerance >= 0,
                   "align_group: max_iterations (" << options.max_iterations << ") and tolerance ("
                                                   << options.tolerance << ") must be non-negative");
-  std::set<Index> seen;
-  for (Index h : heads) {
-    HEADALIGN_CHECK(h >= 0 && h < g.num_heads(), "align_group: head " << h << " out of range for " << g.num_heads() << " heads");
-    HEADALIGN_CHECK(seen.insert(h).second, "align_group: head " << h << " appears twice in the group");
-  }
+  detail::HeadSet(g.num_heads(), "align_group").add(heads, "in the group");
   if (alignment == Alignment::Rope) rotary_dims(rope, d);
 
   GpaResult<S> result;
@@ -91,63 +174,19 @@ GpaResult<S> align_group(const HeadGram<S>& g, const std::vector<Index>& heads, 
   result.info = CompInfo::Successful;
   if (k == 1) return result;
 
-  const auto uk = static_cast<std::size_t>(k);
-  std::vector<Matrix<S>> blocks(uk * uk);  // blocks[t·k + u] = G_{h_t h_u}
-  for (std::size_t t = 0; t < uk; ++t)
-    for (std::size_t u = 0; u < uk; ++u) blocks[t * uk + u] = g.block(heads[t], heads[u]);
-  const S n = static_cast<S>(g.tokens());
-
-  // tr(R_tᵀ G_tu R_u) = ⟨G_tu R_u, R_t⟩: one product per pair.
-  Matrix<S> product(d, d);
-  auto objective = [&](const std::vector<Matrix<S>>& r) {
-    S sum = 0;
-    for (std::size_t t = 0; t < uk; ++t)
-      for (std::size_t u = t + 1; u < uk; ++u) {
-        detail::gemm<S>(blocks[t * uk + u], r[u], S(0), product);
-        sum += product.cwiseProduct(r[t]).sum();
-      }
-    return sum / n;
-  };
+  // The start, as the reference: R_0 = I, every other head aligned onto the first.
+  detail::GroupBlocks<S> blocks(g, heads);
   auto solve = [&](const Matrix<S>& m) { return procrustes(m, alignment, rope, options.procrustes).rotation; };
-
-  for (std::size_t t = 1; t < uk; ++t) result.rotations[t] = solve(blocks[t * uk]);
-  result.objective = objective(result.rotations);
+  for (std::size_t t = 1; t < blocks.size(); ++t) result.rotations[t] = solve(blocks(t, 0));
+  result.objective = blocks.objective(result.rotations);
   if (k == 2 || alignment == Alignment::None) return result;
 
-  // Objective scale per pair: Cauchy–Schwarz bound √(tr G_tt tr G_uu)/n, averaged over pairs.
-  S scale = 0;
-  for (std::size_t t = 0; t < uk; ++t)
-    for (std::size_t u = t + 1; u < uk; ++u) scale += std::sqrt(g.trace(heads[t])) * std::sqrt(g.trace(heads[u]));
-  scale /= n * static_cast<S>(k * (k - 1) / 2);
-  if (!(scale > S(0))) scale = 1;
-
+  const S scale = detail::gpa_scale(g, heads);
   result.converged = false;
   result.info = CompInfo::NotConverging;
-  std::vector<Matrix<S>> next(uk);
-  Matrix<S> target(d, d), lower(d, d);
   for (int it = 1; it <= options.max_iterations; ++it) {
-    S obj = 0;
-    if (options.update == GpaUpdate::Sequential) {
-      // Heads before t already hold their final transform of this sweep, so Σ_{u<t} G_tu R_u is
-      // also head t's share of the new objective: no extra products for it.
-      for (std::size_t t = 0; t < uk; ++t) {
-        lower.setZero();
-        for (std::size_t u = 0; u < t; ++u) detail::gemm<S>(blocks[t * uk + u], result.rotations[u], S(1), lower);
-        target = lower;
-        for (std::size_t u = t + 1; u < uk; ++u) detail::gemm<S>(blocks[t * uk + u], result.rotations[u], S(1), target);
-        result.rotations[t] = solve(target);
-        obj += lower.cwiseProduct(result.rotations[t]).sum();
-      }
-      obj /= n;
-    } else {
-      for (std::size_t t = 0; t < uk; ++t) {
-        target.setZero();
-        for (std::size_t u = 0; u < uk; ++u) detail::gemm<S>(blocks[t * uk + u], result.rotations[u], S(1), target);
-        next[t] = solve(target);
-      }
-      result.rotations.swap(next);
-      obj = objective(result.rotations);
-    }
+    const S obj = options.update == GpaUpdate::Sequential ? detail::sequential_sweep(blocks, result.rotations, solve)
+                                                          : detail::reference_sweep(blocks, result.rotations, solve);
     const S gain = obj - result.objective;
     result.objective = obj;
     result.iterations = it;

@@ -4,72 +4,24 @@
 /// For token rows \f$ x_t \in \mathbb{R}^{H d} \f$ (head h in columns [h·d, (h+1)·d)) the
 /// accumulator holds \f$ G = \sum_t x_t x_t^\top \f$, whose d × d blocks are the cross-Gram
 /// matrices \f$ G_{ij} = X_i^\top X_j \f$. Alignment scores, similarities and generalized
-/// Procrustes all depend on the activations only through these blocks (see DESIGN.md), so the
+/// Procrustes all depend on the activations only through these blocks (README: "Gram space"), so the
 /// calibration data is read once and never stored: memory is O((H·d)²) whatever the number of
 /// tokens. Accumulators over disjoint token sets merge by addition.
 #ifndef HEADALIGN_GRAM_HPP
 #define HEADALIGN_GRAM_HPP
 
 #include "config.hpp"
-#include "io/safetensors.hpp"
+#include "detail/blas.hpp"
+#include "detail/numeric.hpp"
 
 #include <algorithm>
 #include <cmath>
 #include <limits>
-#include <string>
 #include <type_traits>
 #include <utility>
 #include <vector>
 
-#ifdef HEADALIGN_USE_BLAS
-#include <cblas.h>
-#endif
-
 namespace headalign {
-
-namespace detail {
-
-/// C ← C + A Aᵀ (lower triangle) with A = D × k column-major, leading dimension lda; with
-/// @p trans, C ← C + Aᵀ A with A = k × D column-major.
-template <class S>
-void syrk_lower(Matrix<S>& c, const S* a, Index k, Index lda, bool trans = false) {
-  const Index n = c.rows();
-  if (k == 0 || n == 0) return;
-#ifdef HEADALIGN_USE_BLAS
-  if constexpr (std::is_same<S, float>::value || std::is_same<S, double>::value) {
-    const auto op = trans ? CblasTrans : CblasNoTrans;
-    if constexpr (std::is_same<S, float>::value)
-      cblas_ssyrk(CblasColMajor, CblasLower, op, static_cast<int>(n), static_cast<int>(k), 1.0f, a,
-                  static_cast<int>(lda), 1.0f, c.data(), static_cast<int>(n));
-    else
-      cblas_dsyrk(CblasColMajor, CblasLower, op, static_cast<int>(n), static_cast<int>(k), 1.0, a,
-                  static_cast<int>(lda), 1.0, c.data(), static_cast<int>(n));
-    return;
-  }
-#endif
-  using Map = Eigen::Map<const Matrix<S>, 0, Eigen::OuterStride<>>;
-  if (trans)
-    c.template selfadjointView<Eigen::Lower>().rankUpdate(Map(a, k, n, Eigen::OuterStride<>(lda)).transpose());
-  else
-    c.template selfadjointView<Eigen::Lower>().rankUpdate(Map(a, n, k, Eigen::OuterStride<>(lda)));
-}
-
-/// The metadata value @p key of @p r; io_error "<where> lacks metadata '<key>'" when it is missing.
-inline const std::string& metadata_field(const io::SafetensorsReader& r, const std::string& key, const std::string& where) {
-  auto it = r.metadata().find(key);
-  if (it == r.metadata().end()) throw_io_error(where + " lacks metadata '" + key + "'");
-  return it->second;
-}
-
-/// The metadata value @p key of @p r as a non-negative integer (at most 18 digits), or io_error.
-inline Index metadata_index(const io::SafetensorsReader& r, const std::string& key, const std::string& where) {
-  const std::string& s = metadata_field(r, key, where);
-  if (s.empty() || s.size() > 18 || s.find_first_not_of("0123456789") != std::string::npos)
-    throw_io_error(where + ": metadata '" + key + "' = '" + s + "' is not a non-negative integer");
-  return static_cast<Index>(std::stoll(s));
-}
-
-}  // namespace detail
 
 /// @brief Streaming accumulator of the cross-Gram blocks \f$ G_{ij} = X_i^\top X_j \f$ of H heads.
 ///
@@ -161,7 +113,7 @@ class HeadGram {
                     "cannot merge a HeadGram of " << other.h_ << " × " << other.d_ << " into one of " << h_ << " × " << d_);
     HEADALIGN_CHECK(other.normalize_ == normalize_, "cannot merge HeadGrams with different normalize_rows");
     HEADALIGN_CHECK(bound_ + other.bound_ <= limit(), "merging these HeadGrams could overflow the "
-                                                          << (sizeof(S) == 4 ? "float" : "double")
+                                                          << detail::scalar_name<S>()
                                                           << " accumulator; accumulate in double");
     g_.template triangularView<Eigen::Lower>() += other.g_;
     tokens_ += other.tokens_;
@@ -235,7 +187,7 @@ class HeadGram {
     detail::check_finite(weights, "projection weights");
     const Matrix<S> w = weights.template cast<S>();
     g.g_.template selfadjointView<Eigen::Lower>().rankUpdate(w);
-    HEADALIGN_CHECK(detail::all_finite(g.g_), "projection weights too large for a " << (sizeof(S) == 4 ? "float" : "double")
+    HEADALIGN_CHECK(detail::all_finite(g.g_), "projection weights too large for a " << detail::scalar_name<S>()
                                                                                << " Gram (W Wᵀ overflows); use double");
     g.tokens_ = 1;
     g.bound_ = static_cast<double>(g.g_.diagonal().maxCoeff());
@@ -252,100 +204,58 @@ class HeadGram {
   static HeadGram from_gram(const Eigen::MatrixBase<Derived>& gram, Index num_heads, Index head_dim, Index tokens,
                             bool normalize_rows = false) {
     HeadGram g(num_heads, head_dim, normalize_rows);
-    HEADALIGN_CHECK(gram.rows() == g.dim() && gram.cols() == g.dim(),
-                    "the Gram is " << gram.rows() << " × " << gram.cols() << ", expected (num_heads · head_dim)² = "
-                                   << g.dim() << " × " << g.dim());
+    g.check_gram_shape(gram.rows(), gram.cols());
     HEADALIGN_CHECK(tokens >= 0, "tokens (" << tokens << ") must not be negative");
     g.g_.template triangularView<Eigen::Lower>() = gram.template cast<S>().template triangularView<Eigen::Lower>();
-    HEADALIGN_CHECK(detail::all_finite(g.g_.template triangularView<Eigen::Lower>().toDenseMatrix()),
-                    "the Gram contains NaN or Inf");
-    const Vector<S> diag = g.g_.diagonal();
-    HEADALIGN_CHECK((diag.array() >= S(0)).all(), "the Gram has a negative diagonal entry (not a Gram of real rows)");
-    // Accumulation round-off is below γ_n √(G_aa G_bb); the slack is far looser: this catches garbage, not rounding.
-    const S slack = S(1.001) + S(64) * std::numeric_limits<S>::epsilon() * static_cast<S>(std::max<Index>(tokens, 1));
-    for (Index c = 0; c < g.dim(); ++c)
-      for (Index r = c + 1; r < g.dim(); ++r)
-        HEADALIGN_CHECK(std::abs(g.g_(r, c)) <= slack * std::sqrt(diag(r)) * std::sqrt(diag(c)),
-                        "Gram entry (" << r << ", " << c << ") = " << g.g_(r, c)
-                                       << " exceeds the Cauchy–Schwarz bound √(G_aa G_bb) (not a Gram of real rows)");
-    g.tokens_ = tokens;
-    g.bound_ = g.dim() ? static_cast<double>(diag.maxCoeff()) : 0.0;
+    g.adopt(tokens);
     return g;
   }
 
-  /// @brief Writes the statistics as a safetensors file (tensor "gram" [H·d, H·d], metadata
-  /// format = "headalign.HeadGram", num_heads, head_dim, tokens, normalize_rows), atomically.
-  /// @throws io_error when the file cannot be written
-  void save(const std::string& path) const {
-    io::SafetensorsWriter w;
-    write_to(w, "");
-    w.set_metadata("format", "headalign.HeadGram");
-    w.set_metadata("version", "1");
-    w.write(path);
-  }
-
-  /// @brief Reads statistics written by save(); an F32 file loads into a double accumulator and vice versa.
-  /// @throws io_error when the file is malformed, inconsistent, non-symmetric or holds NaN/Inf
-  static HeadGram load(const std::string& path) {
-    io::SafetensorsReader r(path);
-    check_format(r, "headalign.HeadGram");
-    return read_from(r, "");
-  }
-
-  /// @brief Adds this Gram to @p w as tensor @p name (or "gram" when empty) [H·d, H·d] with
-  /// metadata `<name>.num_heads`, `.head_dim`, `.tokens`, `.normalize_rows` (no prefix when empty).
-  void write_to(io::SafetensorsWriter& w, const std::string& name) const {
-    const Matrix<S> full = gram();
-    // Column-major symmetric == row-major: the buffer is already the row-major tensor.
-    w.add(name.empty() ? std::string("gram") : name, {dim(), dim()}, full.data());
-    const std::string p = name.empty() ? std::string() : name + ".";
-    w.set_metadata(p + "num_heads", std::to_string(h_));
-    w.set_metadata(p + "head_dim", std::to_string(d_));
-    w.set_metadata(p + "tokens", std::to_string(tokens_));
-    w.set_metadata(p + "normalize_rows", normalize_ ? "1" : "0");
-  }
-
-  /// @brief Reads the Gram named @p name (as written by write_to()) from an open file.
-  /// @throws io_error when it is missing, inconsistent, non-symmetric or holds NaN/Inf
-  static HeadGram read_from(io::SafetensorsReader& r, const std::string& name) {
-    const std::string& path = r.path();
-    const std::string tensor = name.empty() ? std::string("gram") : name;
-    const std::string p = name.empty() ? std::string() : name + ".";
-    const std::string where = "HeadGram file '" + path + "'";
-    const Index h = detail::metadata_index(r, p + "num_heads", where), d = detail::metadata_index(r, p + "head_dim", where),
-                n = detail::metadata_index(r, p + "tokens", where);
-    const std::string& norm = detail::metadata_field(r, p + "normalize_rows", where);
-    if (norm != "0" && norm != "1") detail::throw_io_error("HeadGram file '" + path + "': " + p + "normalize_rows must be 0 or 1");
-    if (h <= 0 || d <= 0 || h > (1 << 16) || d > (1 << 16) || h * d > (1 << 16))
-      detail::throw_io_error("HeadGram file '" + path + "': implausible num_heads " + std::to_string(h) + " / head_dim " + std::to_string(d));
-    if (!r.contains(tensor)) detail::throw_io_error("HeadGram file '" + path + "' has no tensor '" + tensor + "'");
-    const auto& info = r.info(tensor);
-    if (info.shape.size() != 2 || info.shape[0] != h * d || info.shape[1] != h * d)
-      detail::throw_io_error("HeadGram file '" + path + "': tensor '" + tensor + "' is not [" + std::to_string(h * d) + ", " +
-                             std::to_string(h * d) + "]");
-    HeadGram g(h, d, norm == "1");
-    r.read(tensor, 0, static_cast<std::uint64_t>(g.dim() * g.dim()), g.g_.data());
-    if (!detail::all_finite(g.g_)) detail::throw_io_error("HeadGram file '" + path + "': '" + tensor + "' holds NaN or Inf");
-    if (g.g_ != g.g_.transpose()) detail::throw_io_error("HeadGram file '" + path + "': '" + tensor + "' is not symmetric");
-    if ((g.g_.diagonal().array() < S(0)).any())
-      detail::throw_io_error("HeadGram file '" + path + "': '" + tensor + "' has a negative diagonal");
-    g.tokens_ = n;
-    g.bound_ = g.dim() ? static_cast<double>(g.g_.diagonal().maxCoeff()) : 0.0;
+  /// @brief As from_gram() above, taking over @p gram's storage instead of copying it: for
+  /// statistics read from a file, which need not be held twice. The upper triangle is not read.
+  static HeadGram from_gram(Matrix<S>&& gram, Index num_heads, Index head_dim, Index tokens, bool normalize_rows = false) {
+    HEADALIGN_CHECK(tokens >= 0, "tokens (" << tokens << ") must not be negative");
+    HeadGram g(Storage{}, num_heads, head_dim, normalize_rows);
+    g.check_gram_shape(gram.rows(), gram.cols());
+    g.g_ = std::move(gram);
+    g.adopt(tokens);
     return g;
-  }
-
-  /// @brief Throws io_error unless @p r's metadata says format = @p format, version = 1.
-  static void check_format(const io::SafetensorsReader& r, const std::string& format) {
-    const auto& meta = r.metadata();
-    auto it = meta.find("format");
-    if (it == meta.end() || it->second != format)
-      detail::throw_io_error("'" + r.path() + "' is not a " + format + " file (metadata 'format' is missing or differs)");
-    auto v = meta.find("version");
-    if (v == meta.end() || v->second != "1")
-      detail::throw_io_error("'" + r.path() + "' has unsupported version " + (v == meta.end() ? std::string("(none)") : v->second));
   }
 
  private:
+  struct Storage {};  // a HeadGram whose storage from_gram() fills
+
+  HeadGram(Storage, Index num_heads, Index head_dim, bool normalize_rows)
+      : h_(num_heads), d_(head_dim), normalize_(normalize_rows), chunk_(512) {
+    HEADALIGN_CHECK(num_heads > 0, "num_heads (" << num_heads << ") must be positive");
+    HEADALIGN_CHECK(head_dim > 0, "head_dim (" << head_dim << ") must be positive");
+  }
+
+  void check_gram_shape(Index rows, Index cols) const {
+    HEADALIGN_CHECK(rows == dim() && cols == dim(), "the Gram is " << rows << " × " << cols
+                                                                   << ", expected (num_heads · head_dim)² = " << dim() << " × "
+                                                                   << dim());
+  }
+
+  // Validates the lower triangle of g_ as the Gram of `tokens` real rows (finite, non-negative
+  // diagonal, Cauchy–Schwarz) and takes it as this accumulator's statistics.
+  void adopt(Index tokens) {
+    const Index n = dim();
+    for (Index c = 0; c < n; ++c)
+      HEADALIGN_CHECK(detail::all_finite(g_.col(c).tail(n - c)), "the Gram contains NaN or Inf");
+    const Vector<S> diag = g_.diagonal();
+    HEADALIGN_CHECK((diag.array() >= S(0)).all(), "the Gram has a negative diagonal entry (not a Gram of real rows)");
+    // Accumulation round-off is below γ_n √(G_aa G_bb); the slack is far looser: this catches garbage, not rounding.
+    const S slack = S(1.001) + S(64) * std::numeric_limits<S>::epsilon() * static_cast<S>(std::max<Index>(tokens, 1));
+    for (Index c = 0; c < n; ++c)
+      for (Index r = c + 1; r < n; ++r)
+        HEADALIGN_CHECK(std::abs(g_(r, c)) <= slack * std::sqrt(diag(r)) * std::sqrt(diag(c)),
+                        "Gram entry (" << r << ", " << c << ") = " << g_(r, c)
+                                       << " exceeds the Cauchy–Schwarz bound √(G_aa G_bb) (not a Gram of real rows)");
+    tokens_ = tokens;
+    bound_ = n ? static_cast<double>(diag.maxCoeff()) : 0.0;
+  }
+
   // The largest value an accumulator entry may reach: |G_ij| ≤ max_i G_ii (Cauchy–Schwarz), and
   // bound_ ≥ max_i G_ii is kept, so an add that could push it past this is refused up front.
   static double limit() { return static_cast<double>(std::numeric_limits<S>::max()) / 4; }
@@ -357,7 +267,7 @@ class HeadGram {
     const double next = bound_ + static_cast<double>(n) * per_row;
     HEADALIGN_CHECK(std::isfinite(next) && next <= limit(),
                     "token activations up to |x| = " << largest << " could overflow the "
-                                                     << (sizeof(S) == 4 ? "float" : "double")
+                                                     << detail::scalar_name<S>()
                                                      << " Gram accumulator (sums of squares up to " << next
                                                      << "); accumulate in double (HeadGram<double>) or rescale");
     return next;
@@ -479,50 +389,19 @@ class HeadMoments {
     return m;
   }
 
-  /// @brief Adds the moments to @p w as tensor @p name [H, d, d] with metadata `<name>.num_heads`,
-  /// `.head_dim`, `.tokens` and `.kind` = "moments".
-  void write_to(io::SafetensorsWriter& w, const std::string& name) const {
-    HEADALIGN_CHECK(!name.empty(), "HeadMoments::write_to: the tensor needs a name");
-    std::vector<S> data;
-    data.reserve(static_cast<std::size_t>(num_heads() * d_ * d_));
-    for (Index h = 0; h < num_heads(); ++h) {
-      const Matrix<S> b = block(h);  // symmetric: column-major == row-major
-      data.insert(data.end(), b.data(), b.data() + b.size());
-    }
-    w.add(name, {num_heads(), d_, d_}, data.data());
-    w.set_metadata(name + ".num_heads", std::to_string(num_heads()));
-    w.set_metadata(name + ".head_dim", std::to_string(d_));
-    w.set_metadata(name + ".tokens", std::to_string(tokens()));
-    w.set_metadata(name + ".kind", "moments");
-  }
-
-  /// @brief Reads moments written by write_to() from an open file.
-  /// @throws io_error when they are missing, inconsistent, non-symmetric, hold NaN/Inf or a negative diagonal
-  static HeadMoments read_from(io::SafetensorsReader& r, const std::string& name) {
-    const std::string where = "'" + r.path() + "'";
-    if (detail::metadata_field(r, name + ".kind", where) != "moments")
-      detail::throw_io_error(where + ": '" + name + "' is not a HeadMoments tensor");
-    const Index h = detail::metadata_index(r, name + ".num_heads", where), d = detail::metadata_index(r, name + ".head_dim", where),
-                n = detail::metadata_index(r, name + ".tokens", where);
-    if (h <= 0 || d <= 0 || h > (1 << 16) || d > (1 << 12))
-      detail::throw_io_error("'" + r.path() + "': implausible num_heads " + std::to_string(h) + " / head_dim " + std::to_string(d));
-    if (!r.contains(name)) detail::throw_io_error("'" + r.path() + "' has no tensor '" + name + "'");
-    const auto& info = r.info(name);
-    if (info.shape != std::vector<std::int64_t>{h, d, d})
-      detail::throw_io_error("'" + r.path() + "': tensor '" + name + "' is not [" + std::to_string(h) + ", " + std::to_string(d) +
-                             ", " + std::to_string(d) + "]");
-    HeadMoments m(h, d);
-    Matrix<S> b(d, d);
-    for (Index i = 0; i < h; ++i) {
-      r.read(name, static_cast<std::uint64_t>(i * d * d), static_cast<std::uint64_t>(d * d), b.data());
-      if (!detail::all_finite(b) || b != b.transpose() || (b.diagonal().array() < S(0)).any())
-        detail::throw_io_error("'" + r.path() + "': head " + std::to_string(i) + " of '" + name +
-                               "' is not a finite symmetric matrix with a non-negative diagonal");
-      HeadGram<S>& g = m.heads_[static_cast<std::size_t>(i)];
-      g = HeadGram<S>(1, d);
-      g.g_ = b;
-      g.tokens_ = n;
-      g.bound_ = static_cast<double>(b.diagonal().maxCoeff());
+  /// @brief Moments accumulated elsewhere: \f$ \Sigma_h \f$ = @p blocks[h] (d × d, only the lower
+  /// triangle is read) over @p tokens query rows, e.g. read back from a file.
+  /// @throws invalid_argument for no blocks, blocks of different or non-square shapes, or a block
+  ///         that is not the second moment of real rows (see HeadGram::from_gram())
+  static HeadMoments from_moments(std::vector<Matrix<S>> blocks, Index tokens) {
+    HEADALIGN_CHECK(!blocks.empty(), "HeadMoments::from_moments: no blocks");
+    const Index d = blocks.front().rows();
+    HeadMoments m(static_cast<Index>(blocks.size()), d);
+    for (std::size_t h = 0; h < blocks.size(); ++h) {
+      HEADALIGN_CHECK(blocks[h].rows() == d && blocks[h].cols() == d, "HeadMoments::from_moments: block "
+                                                                          << h << " is " << blocks[h].rows() << " × "
+                                                                          << blocks[h].cols() << ", expected " << d << " × " << d);
+      m.heads_[h] = HeadGram<S>::from_gram(std::move(blocks[h]), 1, d, tokens);
     }
     return m;
   }
@@ -531,52 +410,6 @@ class HeadMoments {
   Index d_;
   std::vector<HeadGram<S>> heads_;  // one single-head Gram per head
 };
-
-/// @brief Saves several named Grams (e.g. "layers.0.key", "layers.0.value", …) and, optionally,
-/// named query moments ("layers.0.query", HeadMoments) in one safetensors file
-/// (format = "headalign.HeadGramSet"), atomically: calibrate once, convert many times.
-/// @throws io_error when the file cannot be written
-template <class S>
-void save_grams(const std::string& path, const std::vector<std::pair<std::string, const HeadGram<S>*>>& grams,
-                const std::vector<std::pair<std::string, const HeadMoments<S>*>>& moments = {}) {
-  io::SafetensorsWriter w;
-  for (const auto& kv : grams) {
-    HEADALIGN_CHECK(!kv.first.empty() && kv.second != nullptr, "save_grams: every Gram needs a name");
-    kv.second->write_to(w, kv.first);
-  }
-  for (const auto& kv : moments) {
-    HEADALIGN_CHECK(!kv.first.empty() && kv.second != nullptr, "save_grams: every set of moments needs a name");
-    kv.second->write_to(w, kv.first);
-  }
-  w.set_metadata("format", "headalign.HeadGramSet");
-  w.set_metadata("version", "1");
-  w.write(path);
-}
-
-/// @brief Whether @p path is a Gram set written by save_grams() (reads the header only).
-inline bool is_gram_set(const std::string& path) {
-  io::SafetensorsReader r(path);
-  auto it = r.metadata().find("format");
-  return it != r.metadata().end() && it->second == "headalign.HeadGramSet";
-}
-
-/// @brief Loads the Gram @p name from a file written by save_grams().
-/// @throws io_error when the file is not a Gram set or lacks @p name
-template <class S>
-HeadGram<S> load_gram(const std::string& path, const std::string& name) {
-  io::SafetensorsReader r(path);
-  HeadGram<S>::check_format(r, "headalign.HeadGramSet");
-  return HeadGram<S>::read_from(r, name);
-}
-
-/// @brief Loads the query moments @p name from a file written by save_grams().
-/// @throws io_error when the file is not a Gram set or lacks @p name
-template <class S>
-HeadMoments<S> load_moments(const std::string& path, const std::string& name) {
-  io::SafetensorsReader r(path);
-  HeadGram<S>::check_format(r, "headalign.HeadGramSet");
-  return HeadMoments<S>::read_from(r, name);
-}
 
 }  // namespace headalign
 

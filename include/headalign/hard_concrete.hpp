@@ -18,6 +18,7 @@
 #define HEADALIGN_HARD_CONCRETE_HPP
 
 #include "config.hpp"
+#include "detail/numeric.hpp"
 
 #include <algorithm>
 #include <cmath>

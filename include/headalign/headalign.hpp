@@ -1,5 +1,6 @@
 /// @file headalign.hpp
-/// @brief Umbrella header of the CPU library (not the CUDA backend, not the interop headers).
+/// @brief Umbrella header of the CPU library: the math of every stage, which needs Eigen only (not
+/// the file formats of io/, not the CUDA backend, not the interop headers).
 #ifndef HEADALIGN_HEADALIGN_HPP
 #define HEADALIGN_HEADALIGN_HPP
 
@@ -12,7 +13,10 @@
 #include "gpa.hpp"
 #include "transforms.hpp"
 #include "merge.hpp"
+#include "merge_error.hpp"
+#include "merge_aware.hpp"
 #include "hard_concrete.hpp"
+#include "gate_mixture.hpp"
 #include "pipeline.hpp"
 
 #endif  // HEADALIGN_HEADALIGN_HPP

@@ -12,6 +12,8 @@
 #include "gram.hpp"
 #include "grouping.hpp"
 #include "merge.hpp"
+#include "merge_aware.hpp"
+#include "merge_error.hpp"
 #include "similarity.hpp"
 #include "transforms.hpp"
 

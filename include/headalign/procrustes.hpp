@@ -10,6 +10,8 @@
 #define HEADALIGN_PROCRUSTES_HPP
 
 #include "config.hpp"
+#include "detail/blas.hpp"
+#include "detail/numeric.hpp"
 #include "rope.hpp"
 
 #include <Eigen/LU>
@@ -18,10 +20,6 @@
 #include <cmath>
 #include <type_traits>
 #include <vector>
-
-#ifdef HEADALIGN_USE_LAPACKE
-#include <lapacke.h>
-#endif
 
 // Eigen's BDCSVD adds about a minute of compile time per translation unit and scalar type (g++ 12,
 // -O2), for a solver that is slower than gesdd and than the Newton iteration at head sizes; it is
@@ -67,16 +65,6 @@ struct ProcrustesResult {
 
 namespace detail {
 
-/// True when the polar factor / singular values are computed by LAPACK for scalar S.
-template <class S>
-constexpr bool lapack_scalar() {
-#ifdef HEADALIGN_USE_LAPACKE
-  return std::is_same<S, float>::value || std::is_same<S, double>::value;
-#else
-  return false;
-#endif
-}
-
 inline PolarMethod resolve_method(PolarMethod m, bool lapack_ok) {
   if (m == PolarMethod::Auto) return lapack_ok ? PolarMethod::Gesdd : PolarMethod::Newton;
   if (m == PolarMethod::Gesdd && !lapack_ok) return PolarMethod::JacobiSvd;
@@ -90,25 +78,6 @@ inline PolarMethod svd_method(PolarMethod m, bool lapack_ok) {
   m = resolve_method(m, lapack_ok);
   return m == PolarMethod::Newton ? (lapack_ok ? PolarMethod::Gesdd : PolarMethod::JacobiSvd) : m;
 }
-
-#ifdef HEADALIGN_USE_LAPACKE
-inline lapack_int getrf(lapack_int n, float* a, lapack_int* piv) { return LAPACKE_sgetrf(LAPACK_COL_MAJOR, n, n, a, n, piv); }
-inline lapack_int getrf(lapack_int n, double* a, lapack_int* piv) { return LAPACKE_dgetrf(LAPACK_COL_MAJOR, n, n, a, n, piv); }
-inline lapack_int getri(lapack_int n, float* a, const lapack_int* piv) { return LAPACKE_sgetri(LAPACK_COL_MAJOR, n, a, n, piv); }
-inline lapack_int getri(lapack_int n, double* a, const lapack_int* piv) { return LAPACKE_dgetri(LAPACK_COL_MAJOR, n, a, n, piv); }
-inline lapack_int gecon(lapack_int n, const float* lu, float anorm, float* rcond) {
-  return LAPACKE_sgecon(LAPACK_COL_MAJOR, '1', n, lu, n, anorm, rcond);
-}
-inline lapack_int gecon(lapack_int n, const double* lu, double anorm, double* rcond) {
-  return LAPACKE_dgecon(LAPACK_COL_MAJOR, '1', n, lu, n, anorm, rcond);
-}
-inline lapack_int gesdd(char jobz, lapack_int n, float* a, float* s, float* u, float* vt) {
-  return LAPACKE_sgesdd(LAPACK_COL_MAJOR, jobz, n, n, a, n, s, u, n, vt, n);
-}
-inline lapack_int gesdd(char jobz, lapack_int n, double* a, double* s, double* u, double* vt) {
-  return LAPACKE_dgesdd(LAPACK_COL_MAJOR, jobz, n, n, a, n, s, u, n, vt, n);
-}
-#endif
 
 /// Full SVD M = U diag(sigma) Vᵀ of a square matrix, sigma descending.
 template <class S>

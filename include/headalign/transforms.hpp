@@ -19,6 +19,8 @@
 #define HEADALIGN_TRANSFORMS_HPP
 
 #include "config.hpp"
+#include "detail/blas.hpp"
+#include "detail/numeric.hpp"
 #include "rope.hpp"
 
 #include <cmath>
@@ -101,32 +103,6 @@ struct AttentionWeights {
 };
 
 namespace detail {
-
-/// Throws invalid_argument for a result that came out NaN or Inf from finite, validated inputs:
-/// the arithmetic left S's range (e.g. float weights near 1e38, whose squares overflow).
-template <class S>
-[[noreturn]] void throw_overflow(const std::string& who) {
-  throw_invalid_argument(who + ": the result overflowed " + (sizeof(S) == 4 ? "float" : "double") +
-                         " (the inputs are finite but too large for its range: convert in double, or rescale)");
-}
-
-/// throw_overflow() unless every one of the freshly computed @p parts is finite (only what an
-/// operation computed needs the check: its inputs were validated).
-template <class S, class... Parts>
-void check_no_overflow(const std::string& who, const Parts&... parts) {
-  if (!(all_finite(parts) && ...)) throw_overflow<S>(who);  // one vectorised sum per part
-}
-
-/// Throws unless @p order is a permutation of 0 … n−1.
-inline void check_permutation(const std::vector<Index>& order, Index n, const char* what) {
-  HEADALIGN_CHECK(static_cast<Index>(order.size()) == n, what << ": order has " << order.size() << " entries for " << n << " heads");
-  std::vector<char> seen(static_cast<std::size_t>(n), 0);
-  for (Index h : order) {
-    HEADALIGN_CHECK(h >= 0 && h < n, what << ": head " << h << " in order is out of range for " << n << " heads");
-    HEADALIGN_CHECK(!seen[static_cast<std::size_t>(h)], what << ": head " << h << " appears twice in order");
-    seen[static_cast<std::size_t>(h)] = 1;
-  }
-}
 
 /// Throws unless every matrix is d × d, finite and orthogonal to within √ε·d (an empty list means identities).
 template <class S>

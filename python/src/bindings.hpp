@@ -24,6 +24,11 @@ namespace headalign::python {
 
 namespace nb = nanobind;
 
+/// Raises ValueError (headalign::invalid_argument, translated by nanobind) with @p message.
+[[noreturn]] inline void throw_value_error(const std::string& message) {
+  throw ::headalign::invalid_argument("headalign: " + message);
+}
+
 /// Any CPU array that NumPy's buffer protocol or DLPack (PyTorch, JAX, CuPy on host, ...) exports:
 /// the binding reads it in place, whatever its dtype, shape and strides.
 using Array = nb::ndarray<nb::ro, nb::device::cpu>;
@@ -51,7 +56,7 @@ inline Dtype dtype_of(const Array& a, const char* what) {
     }
     if (t.code == static_cast<std::uint8_t>(nb::dlpack::dtype_code::Bfloat) && t.bits == 16) return Dtype::BF16;
   }
-  detail::throw_invalid_argument(std::string(what) + " must hold float16, bfloat16, float32 or float64 values (got dtype code " +
+  throw_value_error(std::string(what) + " must hold float16, bfloat16, float32 or float64 values (got dtype code " +
                                  std::to_string(int(t.code)) + ", " + std::to_string(int(t.bits)) + " bits)");
 }
 
@@ -87,7 +92,7 @@ using StridedMap = Eigen::Map<const Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dyna
 
 inline void check_ndim(const Array& a, std::size_t ndim, const char* what) {
   if (a.ndim() != ndim)
-    detail::throw_invalid_argument(std::string(what) + " must be a " + std::to_string(ndim) + "-D array, got " +
+    throw_value_error(std::string(what) + " must be a " + std::to_string(ndim) + "-D array, got " +
                                    std::to_string(a.ndim()) + "-D");
 }
 
@@ -125,7 +130,7 @@ Matrix<S> matrix(const Array& a, const char* what) {
 template <class S>
 Matrix<S> matrix_1d_or_2d(const Array& a, const char* what) {
   if (a.ndim() != 1 && a.ndim() != 2)
-    detail::throw_invalid_argument(std::string(what) + " must be a 1-D or 2-D array, got " + std::to_string(a.ndim()) + "-D");
+    throw_value_error(std::string(what) + " must be a 1-D or 2-D array, got " + std::to_string(a.ndim()) + "-D");
   return with_element(dtype_of(a, what), [&](auto tag) -> Matrix<S> {
     using T = typename decltype(tag)::type;
     const Index rows = static_cast<Index>(a.shape(0)), cols = a.ndim() == 2 ? static_cast<Index>(a.shape(1)) : 1;
@@ -205,7 +210,7 @@ inline bool is_double(nb::handle dtype) {
   }
   if (name == "float64" || name == "double" || name == "float" || name == "f8" || name == "<f8") return true;
   if (name == "float32" || name == "single" || name == "f4" || name == "<f4") return false;
-  detail::throw_invalid_argument("dtype must be float32 or float64, got '" + name + "'");
+  throw_value_error("dtype must be float32 or float64, got '" + name + "'");
 }
 
 /// A T<float> or T<double> (HeadGram, AttentionWeights), guarded by a mutex so that threads
@@ -249,7 +254,7 @@ Vector<S> optional_vector(const std::optional<Array>& a, const char* what) {
 template <template <class> class T, class F>
 decltype(auto) visit2(Guarded<T>& a, Guarded<T>& b, const char* what, F&& f) {
   if (a.is_double() != b.is_double())
-    detail::throw_invalid_argument(std::string(what) + ": the two arguments have different dtypes (float32 and float64)");
+    throw_value_error(std::string(what) + ": the two arguments have different dtypes (float32 and float64)");
   std::unique_lock<std::mutex> first, second;
   if (&a == &b) {
     first = std::unique_lock<std::mutex>(*a.lock);
@@ -291,6 +296,7 @@ std::vector<PyGpaResult> to_python(const std::vector<GpaResult<S>>& results) {
 }
 
 void bind_pipeline(nb::module_& m);
+void bind_checkpoint(nb::module_& m);
 
 }  // namespace headalign::python
 

@@ -2,6 +2,8 @@
 // hard-concrete gates (pipeline.cpp binds the layer transforms, merging and conversion).
 #include "bindings.hpp"
 
+#include <headalign/io/gram_file.hpp>
+
 #include <nanobind/stl/pair.h>
 #include <nanobind/stl/tuple.h>
 
@@ -74,12 +76,12 @@ void add_block(G& g, const T* p, Index rows, Index width, std::int64_t row_strid
 // Token rows [..., num_heads·head_dim] into a HeadGram or HeadMoments (@p what names the argument).
 template <template <class> class Acc>
 void add_rows(Guarded<Acc>& self, const Array& x, const char* what) {
-  if (x.ndim() == 0) detail::throw_invalid_argument(std::string(what) + " must have at least one dimension (tokens × num_heads·head_dim)");
+  if (x.ndim() == 0) throw_value_error(std::string(what) + " must have at least one dimension (tokens × num_heads·head_dim)");
   const std::size_t nd = x.ndim();
   const Index width = static_cast<Index>(x.shape(nd - 1));
   const Index dim = self.visit([](auto& g) { return g.num_heads() * g.head_dim(); });
   if (width != dim)
-    detail::throw_invalid_argument(std::string(what) + " have shape " + shape_text(x) + ": the last axis must be num_heads · head_dim = " +
+    throw_value_error(std::string(what) + " have shape " + shape_text(x) + ": the last axis must be num_heads · head_dim = " +
                                    std::to_string(dim));
   // Leading axes fold into the token axis when they are evenly strided (any contiguous batch).
   Index rows = 1;
@@ -134,8 +136,8 @@ Gram gram_load(const std::string& path, nb::handle dtype) {
     dbl = is_double(dtype);
   }
   nb::gil_scoped_release release;
-  if (dbl) return Gram(HeadGram<double>::load(path));
-  return Gram(HeadGram<float>::load(path));
+  if (dbl) return Gram(io::load_gram<double>(path));
+  return Gram(io::load_gram<float>(path));
 }
 
 Gram gram_from_activations(const Array& acts, bool normalize_rows, nb::handle dtype) {
@@ -363,31 +365,8 @@ void bind_hard_concrete(nb::module_& m) {
         "Whether the reference forces the gates off (pure GQA) at this step: step ≥ off_fraction · total_steps.");
 }
 
-}  // namespace
-}  // namespace headalign::python
-
-using namespace headalign;
-using namespace headalign::python;
-using namespace nb::literals;
-
-NB_MODULE(_core, m) {
-  m.doc() = "headalign: align attention heads with orthogonal Procrustes transforms before merging them (MHA → GQA, "
-            "arXiv 2412.20677). The C++ library's functions, on NumPy arrays and PyTorch CPU tensors.";
-  m.attr("__version__") = HEADALIGN_VERSION_STRING;
-#if defined(HEADALIGN_USE_BLAS)
-  m.attr("with_blas") = true;
-#else
-  m.attr("with_blas") = false;
-#endif
-
-  nb::register_exception_translator([](const std::exception_ptr& p, void*) {
-    try {
-      std::rethrow_exception(p);
-    } catch (const io_error& e) {
-      PyErr_SetString(PyExc_OSError, e.what());
-    }
-  });
-
+/// Alignment, PolarMethod, Metric, GroupingMethod, GpaUpdate, RopePairing and RopeSpec.
+void bind_basics(nb::module_& m) {
   nb::enum_<Alignment>(m, "Alignment", "The set of transforms a head may be aligned with.")
       .value("NONE", Alignment::None, "identity only: the plain mean-pool GQA baseline")
       .value("ORTHOGONAL", Alignment::Orthogonal, "any orthogonal R (values, outputs, keys of models without RoPE)")
@@ -399,7 +378,7 @@ NB_MODULE(_core, m) {
       .value("BDC_SVD", PolarMethod::BdcSvd, "Eigen::BDCSVD (divide and conquer)")
       .value("GESDD", PolarMethod::Gesdd, "LAPACK ?gesdd (falls back to JacobiSvd without LAPACKE)")
       .value("NEWTON", PolarMethod::Newton, "scaled Newton iteration; an SVD when M is ill-conditioned");
-  nb::enum_<Metric>(m, "Metric", "How aligned heads are compared (DESIGN.md, the paper's Sec. 3.3).")
+  nb::enum_<Metric>(m, "Metric", "How aligned heads are compared (the paper's Sec. 3.3).")
       .value("COSINE", Metric::Cosine, "mean cosine after alignment (the reference's `cos` criterion)")
       .value("DISTANCE", Metric::Distance, "minus the mean squared distance after alignment (the reference's `dist` criterion)");
   nb::enum_<GroupingOptions::Method>(m, "GroupingMethod", "How heads are partitioned into groups of equal size.")
@@ -422,8 +401,11 @@ NB_MODULE(_core, m) {
         return std::string("RopeSpec(pairing=") + (r.pairing == RopeSpec::Pairing::HalfSplit ? "HALF_SPLIT" : "INTERLEAVED") +
                ", rotary_dims=" + std::to_string(r.rotary_dims) + ")";
       });
-  const RopeSpec rope_default{};
+}
 
+/// procrustes(), procrustes_score() and orthogonal_procrustes()'s core.
+void bind_procrustes(nb::module_& m) {
+  const RopeSpec rope_default{};
   m.def("procrustes", &procrustes_py, "m"_a, "alignment"_a = Alignment::Orthogonal, "rope"_a = rope_default,
         "method"_a = PolarMethod::Auto,
         "Solves max_R tr(Rᵀ M) over the alignment's set (the paper's Eq. 4 in Gram form, M = X_aᵀ X_b).\n\n"
@@ -435,9 +417,12 @@ NB_MODULE(_core, m) {
         "max_R tr(Rᵀ M) without forming R: the sum of singular values (Orthogonal), minus twice the\n"
         "smallest when det M < 0 (Rotation), Σ_planes hypot(M_aa + M_bb, M_ba − M_ab) (Rope).");
   m.def("_orthogonal_procrustes", &orthogonal_procrustes_py, "a"_a, "b"_a, "method"_a = PolarMethod::Auto);
+}
 
+/// HeadGram.
+void bind_head_gram(nb::module_& m) {
   nb::class_<Gram>(m, "HeadGram",
-                   "Streaming accumulator of the cross-Gram blocks G_ij = X_iᵀ X_j of H heads (DESIGN.md).\n\n"
+                   "Streaming accumulator of the cross-Gram blocks G_ij = X_iᵀ X_j of H heads (README: "Gram space").\n\n"
                    "add() takes token rows [..., num_heads·head_dim] (NumPy arrays or PyTorch CPU tensors, any float\n"
                    "dtype, read in place: C- or Fortran-ordered data feed the SYRK update without a copy). With\n"
                    "normalize_rows every head vector is scaled to unit length first (the reference's `cos`\n"
@@ -474,7 +459,7 @@ NB_MODULE(_core, m) {
            "The full symmetric (H·d) × (H·d) matrix G.")
       .def("save", [](Gram& g, const std::string& path) {
              nb::gil_scoped_release release;
-             g.visit([&](auto& x) { x.save(path); });
+             g.visit([&](auto& x) { io::save_gram(path, x); });
            }, "path"_a, "Writes a safetensors file (atomically: a temporary file, then a rename).")
       .def_static("load", &gram_load, "path"_a, "dtype"_a = nb::none(),
                   "Reads a file written by save() (or by the C++ library / CLI); dtype None keeps the file's.\n"
@@ -491,6 +476,10 @@ NB_MODULE(_core, m) {
                  ", dtype=" + (g.is_double() ? "float64" : "float32") + ")";
         });
       });
+}
+
+/// HeadMoments, and the buffer address the zero-copy tests read.
+void bind_head_moments(nb::module_& m) {
   nb::class_<Moments>(m, "HeadMoments",
                       "Per-head second moments Σ_h = Σ_t q_{h,t}ᵀ q_{h,t} (d × d for each of H heads): what\n"
                       "query-aware key merging needs (convert_layer(..., queries=..., merge=MergeWeighting.FULL or\n"
@@ -525,10 +514,14 @@ NB_MODULE(_core, m) {
       });
   m.def("_array_address", [](const Array& a) { return reinterpret_cast<std::uintptr_t>(a.data()); }, "a"_a,
         "The address of the first element of the buffer the bindings read (tests of zero-copy input).");
+}
 
+/// similarity_matrix(), joint_similarity(), grouping and align_group().
+void bind_grouping(nb::module_& m) {
+  const RopeSpec rope_default{};
   m.def("similarity_matrix", &similarity_py, "gram"_a, "alignment"_a = Alignment::Orthogonal, "metric"_a = Metric::Cosine,
         "rope"_a = rope_default, "method"_a = PolarMethod::Auto,
-        "H × H similarity of the heads after pairwise alignment (DESIGN.md, the paper's Sec. 3.3):\n"
+        "H × H similarity of the heads after pairwise alignment (the paper's Sec. 3.3):\n"
         "Cosine: s_ij = max_R tr(Rᵀ G_ij)/n with row-normalised Grams (the mean cosine);\n"
         "Distance: s_ij = −(tr G_ii + tr G_jj − 2 max_R tr(Rᵀ G_ij))/n. Only singular values are computed.");
   m.def("joint_similarity", &joint_similarity_py, "keys"_a, "values"_a, "key_alignment"_a = Alignment::Rope,
@@ -571,7 +564,39 @@ NB_MODULE(_core, m) {
         "Generalized Procrustes in Gram space (the paper's Sec. 3.2): X_hᵀ·mean = (1/k) Σ_j G_hj R_j; starts\n"
         "from alignment to the first head and stops when the gain falls below tolerance. ROPE keeps every\n"
         "rotation block-diagonal per RoPE plane.");
+}
 
+}  // namespace
+}  // namespace headalign::python
+
+using namespace headalign;
+using namespace headalign::python;
+using namespace nb::literals;
+
+NB_MODULE(_core, m) {
+  m.doc() = "headalign: align attention heads with orthogonal Procrustes transforms before merging them (MHA → GQA, "
+            "arXiv 2412.20677). The C++ library's functions, on NumPy arrays and PyTorch CPU tensors.";
+  m.attr("__version__") = HEADALIGN_VERSION_STRING;
+#if defined(HEADALIGN_USE_BLAS)
+  m.attr("with_blas") = true;
+#else
+  m.attr("with_blas") = false;
+#endif
+
+  nb::register_exception_translator([](const std::exception_ptr& p, void*) {
+    try {
+      std::rethrow_exception(p);
+    } catch (const io_error& e) {
+      PyErr_SetString(PyExc_OSError, e.what());
+    }
+  });
+
+  bind_basics(m);
+  bind_procrustes(m);
+  bind_head_gram(m);
+  bind_head_moments(m);
+  bind_grouping(m);
   bind_hard_concrete(m);
   bind_pipeline(m);
+  bind_checkpoint(m);
 }

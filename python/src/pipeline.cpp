@@ -151,7 +151,7 @@ Converted convert_layer_py(const Array& q, const Array& k, const Array& v, const
   HEADALIGN_CHECK((keys == nullptr) == (values == nullptr), "convert_layer: give both keys and values HeadGrams, or neither (data-free)");
   const bool dbl = plan ? plan->is_double() : keys ? keys->is_double() : want_double(dtype, q);
   if (!dtype.is_none() && is_double(dtype) != dbl)
-    detail::throw_invalid_argument(std::string("convert_layer: dtype differs from the ") + (plan ? "plan's" : "HeadGrams'") +
+    throw_value_error(std::string("convert_layer: dtype differs from the ") + (plan ? "plan's" : "HeadGrams'") +
                                    " dtype (" + (dbl ? "float64" : "float32") + "), which the computation uses");
   auto run = [&](auto tag) -> Converted {
     using S = typename decltype(tag)::type;
@@ -161,13 +161,13 @@ Converted convert_layer_py(const Array& q, const Array& k, const Array& v, const
     std::optional<Plan> own_plan;
     const LayerPlan<S>* lp = nullptr;
     if (plan) {
-      if (plan->is_double() != std::is_same<S, double>::value) detail::throw_invalid_argument("convert_layer: the plan's dtype differs from the computation's");
+      if (plan->is_double() != std::is_same<S, double>::value) throw_value_error("convert_layer: the plan's dtype differs from the computation's");
       lp = &std::get<LayerPlan<S>>(plan->value);
       HEADALIGN_CHECK(static_cast<Index>(lp->grouping.groups.size()) == num_groups,
                       "convert_layer: num_groups (" << num_groups << ") differs from the plan's " << lp->grouping.groups.size() << " groups");
     } else if (keys) {
       if (keys->is_double() != std::is_same<S, double>::value || values->is_double() != keys->is_double())
-        detail::throw_invalid_argument("convert_layer: the key and value HeadGrams must both have the computation's dtype");
+        throw_value_error("convert_layer: the key and value HeadGrams must both have the computation's dtype");
       own_plan.emplace(plan_layer_py(*keys, *values, a));
       lp = &std::get<LayerPlan<S>>(own_plan->value);
     } else {
@@ -180,7 +180,7 @@ Converted convert_layer_py(const Array& q, const Array& k, const Array& v, const
     const HeadMoments<S>* moments = nullptr;
     if (queries) {
       if (queries->is_double() != std::is_same<S, double>::value)
-        detail::throw_invalid_argument("convert_layer: the query HeadMoments must have the computation's dtype");
+        throw_value_error("convert_layer: the query HeadMoments must have the computation's dtype");
       moments = &std::get<HeadMoments<S>>(queries->value);
     }
     // The moments are only read; their lock keeps another thread from adding meanwhile.

@@ -18,15 +18,16 @@
 #define HEADALIGN_DETAIL_SIMD_BIDIAGONAL_HPP
 
 #include "../config.hpp"
+#include "blas.hpp"
+#include "cpu.hpp"
+#include "numeric.hpp"
 
 #include <cmath>
 #include <cstdint>
 #include <vector>
 
-#if defined(HEADALIGN_USE_LAPACKE) && !defined(HEADALIGN_NO_SIMD_BIDIAGONAL) && \
-    (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
+#if defined(HEADALIGN_USE_LAPACKE) && !defined(HEADALIGN_NO_SIMD_BIDIAGONAL) && HEADALIGN_X86_DISPATCH
 #define HEADALIGN_SIMD_BIDIAGONAL 1
-#include <lapacke.h>
 #else
 #define HEADALIGN_SIMD_BIDIAGONAL 0
 #endif

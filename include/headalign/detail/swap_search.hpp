@@ -22,6 +22,8 @@
 #define HEADALIGN_DETAIL_SWAP_SEARCH_HPP
 
 #include "../config.hpp"
+#include "cpu.hpp"
+#include "numeric.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -31,7 +33,7 @@
 #include <new>
 #include <vector>
 
-#if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__) && !defined(HEADALIGN_NO_SIMD_SWAP_SEARCH)
+#if HEADALIGN_X86_DISPATCH && !defined(HEADALIGN_NO_SIMD_SWAP_SEARCH)
 #define HEADALIGN_SIMD_SWAP_SEARCH 1
 #include <immintrin.h>
 #else

@@ -67,6 +67,164 @@ namespace detail {
   ::headalign::detail::throw_io_error(".npy file '" + where + "': " + what);
 }
 
+/// The tokens of a `.npy` header's Python dict literal, read from [p, end).
+class NpyLexer {
+ public:
+  NpyLexer(const char* p, const char* end, const std::string& where) : p_(p), end_(end), where_(where) {}
+
+  [[noreturn]] void fail(const std::string& what) const { npy_error(where_, "malformed header (" + what + ")"); }
+
+  void skip_space() {
+    while (p_ < end_ && (*p_ == ' ' || *p_ == '\t' || *p_ == '\n' || *p_ == '\r')) ++p_;
+  }
+  /// Whether the next character (after white space) is @p c; consumes it if so.
+  bool accept(char c) {
+    skip_space();
+    if (p_ < end_ && *p_ == c) {
+      ++p_;
+      return true;
+    }
+    return false;
+  }
+  void expect(char c) {
+    if (!accept(c)) fail(std::string("expected '") + c + "'");
+  }
+  /// Whether the next character (after white space) is one of @p chars, without consuming it.
+  bool at_one_of(const char* chars) {
+    skip_space();
+    return p_ < end_ && *p_ != '\0' && std::strchr(chars, *p_) != nullptr;
+  }
+  /// Whether the text continues with the word @p w; consumes it if so.
+  bool accept_word(const char* w) {
+    skip_space();
+    const std::size_t n = std::strlen(w);
+    if (static_cast<std::size_t>(end_ - p_) >= n && std::strncmp(p_, w, n) == 0) {
+      p_ += n;
+      return true;
+    }
+    return false;
+  }
+  /// A quoted string of printable ASCII without escapes.
+  std::string string_literal() {
+    skip_space();
+    if (p_ >= end_ || (*p_ != '\'' && *p_ != '"')) fail("expected a string");
+    const char q = *p_++;
+    std::string s;
+    while (p_ < end_ && *p_ != q) {
+      if (*p_ == '\\' || static_cast<unsigned char>(*p_) < 0x20 || static_cast<unsigned char>(*p_) >= 0x7f)
+        fail("unsupported character in a string");
+      s += *p_++;
+    }
+    if (p_ >= end_) fail("unterminated string");
+    ++p_;
+    return s;
+  }
+  /// A non-negative integer that fits int64 (an optional Python 2 `L` suffix is accepted).
+  std::int64_t dimension() {
+    skip_space();
+    const char* start = p_;
+    std::uint64_t v = 0;
+    while (p_ < end_ && *p_ >= '0' && *p_ <= '9') {
+      if (v > (std::numeric_limits<std::uint64_t>::max() - 9) / 10) npy_error(where_, "dimension overflows");
+      v = v * 10 + static_cast<std::uint64_t>(*p_++ - '0');
+    }
+    if (p_ == start) fail("a dimension is not a non-negative integer");
+    if (p_ < end_ && *p_ == 'L') ++p_;
+    if (v > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max())) npy_error(where_, "dimension overflows");
+    return static_cast<std::int64_t>(v);
+  }
+  bool done() {
+    skip_space();
+    return p_ == end_;
+  }
+
+ private:
+  const char* p_;
+  const char* end_;
+  const std::string& where_;
+};
+
+/// The dtype of a `descr` string: byte order, kind and size of a plain numeric type.
+inline void parse_npy_descr(const std::string& d, NpyInfo& info, const std::string& where) {
+  info.descr = d;
+  if (d.size() < 3 || std::string("<>|=").find(d[0]) == std::string::npos) npy_error(where, "unsupported dtype '" + d + "'");
+  info.kind = d[1];
+  const std::string digits = d.substr(2);
+  if (digits.empty() || digits.size() > 2 || digits.find_first_not_of("0123456789") != std::string::npos)
+    npy_error(where, "unsupported dtype '" + d + "'");
+  info.item_size = static_cast<std::size_t>(std::stoi(digits));
+  const std::size_t w = info.item_size;
+  const bool ok = (info.kind == 'f' && (w == 2 || w == 4 || w == 8)) ||
+                  ((info.kind == 'i' || info.kind == 'u') && (w == 1 || w == 2 || w == 4 || w == 8)) ||
+                  (info.kind == 'b' && w == 1);
+  if (!ok) npy_error(where, "unsupported dtype '" + d + "' (floats f2/f4/f8, integers i/u 1–8 bytes, bool b1)");
+  if (d[0] == '|' && w != 1) npy_error(where, "dtype '" + d + "' has no byte order");
+  info.big_endian = d[0] == '>' || (d[0] == '=' && !little_endian());
+}
+
+/// The `shape` tuple: `()`, `(n,)` or `(n, m, …)`, at most 64 dimensions.
+inline void parse_npy_shape(NpyLexer& lex, NpyInfo& info, const std::string& where) {
+  lex.expect('(');
+  while (!lex.accept(')')) {
+    info.shape.push_back(lex.dimension());
+    if (info.shape.size() > 64) npy_error(where, "more than 64 dimensions");
+    if (lex.accept(',')) continue;
+    lex.expect(')');
+    break;
+  }
+}
+
+/// The header dict: exactly the keys descr, fortran_order and shape, in any order.
+inline void parse_npy_dict(NpyLexer& lex, NpyInfo& info, const std::string& where) {
+  bool have_descr = false, have_order = false, have_shape = false;
+  lex.expect('{');
+  while (!lex.accept('}')) {
+    const std::string key = lex.string_literal();
+    lex.expect(':');
+    if (key == "descr") {
+      if (have_descr) lex.fail("'descr' given twice");
+      have_descr = true;
+      if (lex.at_one_of("[(")) npy_error(where, "structured dtypes are not supported");
+      parse_npy_descr(lex.string_literal(), info, where);
+    } else if (key == "fortran_order") {
+      if (have_order) lex.fail("'fortran_order' given twice");
+      have_order = true;
+      if (lex.accept_word("True")) info.fortran_order = true;
+      else if (lex.accept_word("False")) info.fortran_order = false;
+      else lex.fail("fortran_order must be True or False");
+    } else if (key == "shape") {
+      if (have_shape) lex.fail("'shape' given twice");
+      have_shape = true;
+      parse_npy_shape(lex, info, where);
+    } else {
+      npy_error(where, "unexpected header key '" + key + "' (a .npy header has exactly descr, fortran_order, shape)");
+    }
+    if (lex.accept(',')) continue;
+    lex.expect('}');
+    break;
+  }
+  if (!lex.done()) lex.fail("text after the dict");
+  if (!have_descr || !have_order || !have_shape) lex.fail("it needs the keys descr, fortran_order and shape");
+}
+
+/// The data size the header announces, overflow-checked against the cap, must be exactly what
+/// the file holds after the header.
+inline void check_npy_data_size(const NpyInfo& info, std::uint64_t file_size, const NpyLimits& limits, const std::string& where) {
+  std::uint64_t bytes = info.item_size;
+  for (auto s : info.shape) {
+    const auto u = static_cast<std::uint64_t>(s);
+    if (u != 0 && bytes > limits.max_data_bytes / u)
+      npy_error(where, "the shape announces more than " + std::to_string(limits.max_data_bytes) + " bytes of data");
+    bytes *= u;
+  }
+  if (bytes > limits.max_data_bytes)
+    npy_error(where, "the shape announces more than " + std::to_string(limits.max_data_bytes) + " bytes of data");
+  const std::uint64_t have = file_size - info.data_offset;
+  if (have < bytes)
+    npy_error(where, "truncated: the header announces " + std::to_string(bytes) + " data bytes, the file has " + std::to_string(have));
+  if (have > bytes) npy_error(where, std::to_string(have - bytes) + " bytes after the announced data");
+}
+
 /// Parses the header of a `.npy` file from its first @p size bytes; @p file_size is the size of
 /// the whole file. @throws io_error for anything that is not a well-formed header of a supported
 /// dtype whose data fit the file exactly.
@@ -89,132 +247,9 @@ inline NpyInfo parse_npy_header(const unsigned char* data, std::size_t size, std
   info.data_offset = 8 + len_bytes + header_len;
   if (info.data_offset > size || info.data_offset > file_size) npy_error(where, "truncated header");
   const char* p = reinterpret_cast<const char*>(data) + 8 + len_bytes;
-  const char* end = p + header_len;
-
-  auto fail = [&](const std::string& what) -> void { npy_error(where, "malformed header (" + what + ")"); };
-  auto ws = [&] {
-    while (p < end && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r')) ++p;
-  };
-  auto expect = [&](char c) {
-    ws();
-    if (p >= end || *p != c) fail(std::string("expected '") + c + "'");
-    ++p;
-  };
-  auto string_literal = [&] {
-    ws();
-    if (p >= end || (*p != '\'' && *p != '"')) fail("expected a string");
-    const char q = *p++;
-    std::string s;
-    while (p < end && *p != q) {
-      if (*p == '\\' || static_cast<unsigned char>(*p) < 0x20 || static_cast<unsigned char>(*p) >= 0x7f)
-        fail("unsupported character in a string");
-      s += *p++;
-    }
-    if (p >= end) fail("unterminated string");
-    ++p;
-    return s;
-  };
-  bool have_descr = false, have_order = false, have_shape = false;
-  expect('{');
-  for (;;) {
-    ws();
-    if (p < end && *p == '}') {
-      ++p;
-      break;
-    }
-    const std::string key = string_literal();
-    expect(':');
-    ws();
-    if (key == "descr") {
-      if (have_descr) fail("'descr' given twice");
-      have_descr = true;
-      if (p < end && (*p == '[' || *p == '(')) npy_error(where, "structured dtypes are not supported");
-      info.descr = string_literal();
-      const std::string& d = info.descr;
-      if (d.size() < 3 || std::string("<>|=").find(d[0]) == std::string::npos)
-        npy_error(where, "unsupported dtype '" + d + "'");
-      info.kind = d[1];
-      const std::string digits = d.substr(2);
-      if (digits.empty() || digits.size() > 2 || digits.find_first_not_of("0123456789") != std::string::npos)
-        npy_error(where, "unsupported dtype '" + d + "'");
-      info.item_size = static_cast<std::size_t>(std::stoi(digits));
-      const bool ok = (info.kind == 'f' && (info.item_size == 2 || info.item_size == 4 || info.item_size == 8)) ||
-                      ((info.kind == 'i' || info.kind == 'u') &&
-                       (info.item_size == 1 || info.item_size == 2 || info.item_size == 4 || info.item_size == 8)) ||
-                      (info.kind == 'b' && info.item_size == 1);
-      if (!ok) npy_error(where, "unsupported dtype '" + d + "' (floats f2/f4/f8, integers i/u 1–8 bytes, bool b1)");
-      if (d[0] == '|' && info.item_size != 1) npy_error(where, "dtype '" + d + "' has no byte order");
-      info.big_endian = d[0] == '>' || (d[0] == '=' && !little_endian());
-    } else if (key == "fortran_order") {
-      if (have_order) fail("'fortran_order' given twice");
-      have_order = true;
-      if (end - p >= 4 && std::strncmp(p, "True", 4) == 0) {
-        info.fortran_order = true;
-        p += 4;
-      } else if (end - p >= 5 && std::strncmp(p, "False", 5) == 0) {
-        info.fortran_order = false;
-        p += 5;
-      } else {
-        fail("fortran_order must be True or False");
-      }
-    } else if (key == "shape") {
-      if (have_shape) fail("'shape' given twice");
-      have_shape = true;
-      expect('(');
-      for (;;) {
-        ws();
-        if (p < end && *p == ')') {
-          ++p;
-          break;
-        }
-        const char* start = p;
-        std::uint64_t v = 0;
-        while (p < end && *p >= '0' && *p <= '9') {
-          if (v > (std::numeric_limits<std::uint64_t>::max() - 9) / 10) npy_error(where, "dimension overflows");
-          v = v * 10 + static_cast<std::uint64_t>(*p++ - '0');
-        }
-        if (p == start) fail("a dimension is not a non-negative integer");
-        if (p < end && *p == 'L') ++p;  // Python 2 long literal
-        if (v > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max())) npy_error(where, "dimension overflows");
-        info.shape.push_back(static_cast<std::int64_t>(v));
-        if (info.shape.size() > 64) npy_error(where, "more than 64 dimensions");
-        ws();
-        if (p < end && *p == ',') {
-          ++p;
-          continue;
-        }
-        expect(')');
-        break;
-      }
-    } else {
-      npy_error(where, "unexpected header key '" + key + "' (a .npy header has exactly descr, fortran_order, shape)");
-    }
-    ws();
-    if (p < end && *p == ',') {
-      ++p;
-      continue;
-    }
-    expect('}');
-    break;
-  }
-  ws();
-  if (p != end) fail("text after the dict");
-  if (!have_descr || !have_order || !have_shape) fail("it needs the keys descr, fortran_order and shape");
-
-  // Data size: overflow-checked against the cap, then exactly what the file holds.
-  std::uint64_t bytes = info.item_size;
-  for (auto s : info.shape) {
-    const auto u = static_cast<std::uint64_t>(s);
-    if (u != 0 && bytes > limits.max_data_bytes / u)
-      npy_error(where, "the shape announces more than " + std::to_string(limits.max_data_bytes) + " bytes of data");
-    bytes *= u;
-  }
-  if (bytes > limits.max_data_bytes)
-    npy_error(where, "the shape announces more than " + std::to_string(limits.max_data_bytes) + " bytes of data");
-  const std::uint64_t have = file_size - info.data_offset;
-  if (have < bytes) npy_error(where, "truncated: the header announces " + std::to_string(bytes) + " data bytes, the file has " +
-                                        std::to_string(have));
-  if (have > bytes) npy_error(where, std::to_string(have - bytes) + " bytes after the announced data");
+  NpyLexer lex(p, p + header_len, where);
+  parse_npy_dict(lex, info, where);
+  check_npy_data_size(info, file_size, limits, where);
   return info;
 }
 

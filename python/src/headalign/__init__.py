@@ -5,7 +5,8 @@ arXiv 2412.20677: statistics are streamed once into Gram matrices (:class:`HeadG
 compared after pairwise alignment (:func:`similarity_matrix`), grouped (:func:`group_heads`),
 aligned within each group by generalized Procrustes (:func:`align_group`), the rotations are folded
 into the weights (:func:`apply_alignment`) and the groups merged (:func:`merge_to_gqa`).
-:func:`convert_layer` does all of it for one layer in one call.
+:func:`convert_layer` does all of it for one layer in one call, :func:`convert_checkpoint` for a
+whole Hugging Face checkpoint directory (as the ``headalign-convert`` program does).
 
 Arrays may be NumPy arrays or PyTorch CPU tensors of any float dtype; they are read in place
 where their layout allows. Results are NumPy arrays (``torch.from_numpy`` wraps them without a
@@ -41,6 +42,7 @@ from ._core import (
     __version__,
     align_group,
     apply_alignment,
+    convert_checkpoint,
     convert_layer,
     deterministic_gates,
     deterministic_gates_grad,
