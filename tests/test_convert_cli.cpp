@@ -471,9 +471,30 @@ TEST_CASE("headalign-convert: bad input gives one clear line, a non-zero exit an
   CHECK(r.status != 0);
   CHECK(r.err.find("already exists") != std::string::npos);
   CHECK(fs::is_empty(existing));
-  // Unknown flags and values are refused by the parser.
-  CHECK(convert(m + c + " --kv-heads 2 --group-by heads --output " + fresh("x").string()).status != 0);
-  CHECK(convert(m + c + " --output " + fresh("y").string()).status != 0);  // --kv-heads missing
+  // Unknown flags and values are refused by the parser, in one line with the program's prefix.
+  auto parse_error = [&](const std::string& args, const std::string& message) {
+    const Run p = convert(args);
+    CAPTURE(args, p.err);
+    CHECK(p.status != 0);
+    CHECK(p.err.rfind("headalign-convert: error: ", 0) == 0);
+    CHECK(p.err.find(message) != std::string::npos);
+    CHECK(std::count(p.err.begin(), p.err.end(), '\n') == 1);
+    CHECK(p.out.empty());
+  };
+  parse_error(m + c + " --kv-heads 2 --group-by heads --output " + fresh("x").string(), "heads");
+  parse_error(m + c + " --kv-heads 2 --merge all --output " + fresh("x").string(), "--merge");
+  parse_error(m + c + " --output " + fresh("y").string(), "--kv-heads");  // --kv-heads missing
+  parse_error(m + c + " --kv-heads 2 --frobnicate --output " + fresh("y").string(), "--frobnicate");
+  parse_error(m + c + " --kv-heads two --output " + fresh("y").string(), "two");
+  // A library error carries no second "headalign:" prefix.
+  const Run e = convert(m + c + " --kv-heads 3 --output " + fresh("z").string());
+  CHECK(e.err.find("headalign-convert: error: headalign:") == std::string::npos);
+  // --help is not an error.
+  const Run help = convert("--help");
+  CHECK(help.status == 0);
+  CHECK(help.out.find("--kv-heads") != std::string::npos);
+  CHECK(help.out.find("{mean,output,query,full}=full") != std::string::npos);  // choices and defaults are shown
+  parse_error(m + c + " --kv-heads 2 --group-by 2 --output " + fresh("x").string(), "not in {value,key,joint,none}");
 }
 
 TEST_CASE("headalign-convert: a full disk, an unwritable output and a killed run leave no output", "[cli][errors]") {

@@ -19,6 +19,8 @@
 #include <exception>
 #include <map>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include <unistd.h>
 
@@ -30,11 +32,24 @@ using io::option_name;
 /// What --keys may say: a key alignment, or auto (io::ConvertOptions::keys unset).
 enum class Keys { Auto, Rope, Orthogonal, Rotation, None };
 
-/// A value → name map of option_names<E>() for CLI11's CheckedTransformer.
+/// Adds a flag whose value is one of @p names, stored into @p target as the value it names
+/// (one lookup when the flag is parsed; anything else is a parse error listing the names).
 template <class E>
-std::map<std::string, E> choices() {
-  const auto& names = io::option_names<E>();
-  return std::map<std::string, E>(names.begin(), names.end());
+CLI::Option* add_choice(CLI::App& app, const std::string& flag, E& target, const std::vector<std::pair<std::string, E>>& names,
+                        const std::string& help, const std::string& default_name) {
+  std::vector<std::string> allowed;
+  for (const auto& n : names) allowed.push_back(n.first);
+  const std::map<std::string, E> lookup(names.begin(), names.end());
+  return app
+      .add_option_function<std::string>(
+          flag, [&target, lookup](const std::string& name) { target = lookup.at(name); }, help)
+      ->check(CLI::IsMember(allowed))
+      ->default_str(default_name);
+}
+
+template <class E>
+CLI::Option* add_choice(CLI::App& app, const std::string& flag, E& target, const std::string& help) {
+  return add_choice(app, flag, target, io::option_names<E>(), help, option_name(target));
 }
 
 /// A one-line error: "headalign-convert: error: <message>".
@@ -51,37 +66,28 @@ void add_options(CLI::App& app, io::ConvertOptions& o, Keys& keys, bool& quiet) 
       ->required();
   app.add_option("--kv-heads", o.kv_heads, "KV heads after merging (must divide the number of heads)")->required();
   app.add_option("--output", o.output, "output directory (must not exist)")->required();
-  app.add_option("--group-by", o.group_by, "similarity that groups the heads")
-      ->transform(CLI::CheckedTransformer(choices<GroupBy>()))
-      ->default_str(option_name(o.group_by));
-  app.add_option("--criterion", o.criterion, "cos (row-normalised, mean cosine) or dist (mean squared distance)")
-      ->transform(CLI::CheckedTransformer(choices<Metric>()))
-      ->default_str(option_name(o.criterion));
-  std::map<std::string, Keys> key_choices{{"auto", Keys::Auto},
-                                          {"rope", Keys::Rope},
-                                          {"orthogonal", Keys::Orthogonal},
-                                          {"rotation", Keys::Rotation},
-                                          {"none", Keys::None}};
-  app.add_option("--keys", keys, "key alignment (auto: rope for RoPE models, orthogonal otherwise)")
-      ->transform(CLI::CheckedTransformer(key_choices))
-      ->default_str("auto");
-  app.add_option("--values", o.values, "value alignment")
-      ->transform(CLI::CheckedTransformer(choices<Alignment>()))
-      ->default_str(option_name(o.values));
-  app.add_option("--grouping", o.grouping, "grouping search: local (fast), hill (the reference's), exact (small H)")
-      ->transform(CLI::CheckedTransformer(choices<GroupingOptions::Method>()))
-      ->default_str(option_name(o.grouping));
-  app.add_option("--gpa", o.gpa,
-                 "GPA update: sequential (one head at a time, fewer iterations) or reference (all heads onto the previous mean)")
-      ->transform(CLI::CheckedTransformer(choices<GpaUpdate>()))
-      ->default_str(option_name(o.gpa));
+  add_choice(app, "--group-by", o.group_by, "similarity that groups the heads");
+  add_choice(app, "--criterion", o.criterion, "cos (row-normalised, mean cosine) or dist (mean squared distance)");
+  add_choice(app, "--keys", keys,
+             {{"auto", Keys::Auto},
+              {"rope", Keys::Rope},
+              {"orthogonal", Keys::Orthogonal},
+              {"rotation", Keys::Rotation},
+              {"none", Keys::None}},
+             "key alignment (auto: rope for RoPE models, orthogonal otherwise)", "auto");
+  auto value_names = io::option_names<Alignment>();  // RoPE acts on keys only
+  value_names.erase(std::remove_if(value_names.begin(), value_names.end(),
+                                   [](const auto& n) { return n.second == Alignment::Rope; }),
+                    value_names.end());
+  add_choice(app, "--values", o.values, value_names, "value alignment", option_name(o.values));
+  add_choice(app, "--grouping", o.grouping, "grouping search: local (fast), hill (the reference's), exact (small H)");
+  add_choice(app, "--gpa", o.gpa,
+             "GPA update: sequential (one head at a time, fewer iterations) or reference (all heads onto the previous mean)");
   app.add_option("--seed", o.seed, "seed of the grouping search")->capture_default_str();
   app.add_option("--threads", o.threads, "layers converted in parallel")->check(CLI::Range(1, 1024))->capture_default_str();
-  app.add_option("--merge", o.merge,
-                 "how a group's heads merge: mean (the paper), output (values weighted by the output projection), query "
-                 "(keys weighted by query statistics), full (both; output when there are no query statistics)")
-      ->transform(CLI::CheckedTransformer(choices<MergeWeighting>()))
-      ->default_str(option_name(o.merge));
+  add_choice(app, "--merge", o.merge,
+             "how a group's heads merge: mean (the paper), output (values weighted by the output projection), query "
+             "(keys weighted by query statistics), full (both; output when there are no query statistics)");
   app.add_flag("--aligned-only", o.aligned_only, "write the aligned MHA checkpoint (same function), without merging");
   app.add_option("--save-grams", o.save_grams, "also save the accumulated Grams (a Gram set) to this file");
   app.add_flag("--quiet", quiet, "no summary table, no progress bar");
