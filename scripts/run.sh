@@ -16,6 +16,6 @@ cmake --build build/run -j "$(nproc)" --target main_job
 export OPENBLAS_NUM_THREADS=1
 ./build/run/examples/minilm_demo --model "$model" --out "$out" "$@"
 rm -rf "$out/all-minilm-l6-v2-gqa4"
-./build/run/examples/headalign-convert --model "$model" --calibration "$out/grams.safetensors" --kv-heads 4 \
+./build/run/tools/headalign-convert --model "$model" --calibration "$out/grams.safetensors" --kv-heads 4 \
   --output "$out/all-minilm-l6-v2-gqa4"
 ./build/run/examples/minilm_demo --model "$model" --evaluate "$out/all-minilm-l6-v2-gqa4"

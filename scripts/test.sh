@@ -26,5 +26,6 @@ if ! wait "$python_build"; then
   echo "the Python package did not build" >&2
   exit 1
 fi
-HEADALIGN_PROCRUSTES_NPY="$(pwd)/$build/examples/procrustes_npy" OPENBLAS_NUM_THREADS=1 \
+HEADALIGN_PROCRUSTES_NPY="$(pwd)/$build/examples/procrustes_npy" HEADALIGN_CONVERT="$(pwd)/$build/tools/headalign-convert" \
+  OPENBLAS_NUM_THREADS=1 \
   "$(cat build/python-build.out)" -m pytest -q python/tests

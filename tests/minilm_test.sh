@@ -10,7 +10,7 @@ export OPENBLAS_NUM_THREADS=1
 "$demo" --model "$model" --embed "$src/tests/data/minilm_sentences.txt" > "$work/embeddings.json"
 /usr/bin/python3 "$src/tests/minilm_reference.py" "$model" "$work/embeddings.json"
 
-"$demo" --model "$model" --out "$work/demo" --kv-heads 4 --calibration-sentences 60 --eval-sentences 40
+"$demo" --model "$model" --out "$work/demo" --kv-heads 4 --calibration-sentences 60 --eval-sentences 40 --checkpoint-kv-heads 4
 /usr/bin/python3 - "$work/demo/report.json" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
@@ -30,6 +30,30 @@ test -s "$work/demo/layer0_value_similarity.png"
 "$convert" --model "$model" --calibration "$work/demo/grams.safetensors" --kv-heads 4 --output "$work/gqa4" --quiet
 grep -q '"num_key_value_heads": 4' "$work/gqa4/config.json"
 grep -q '"merge_used": "full"' "$work/gqa4/report.json"
+# The demo wrote the same conversion through the library call (io::convert_checkpoint): the same
+# weights and config bytes. The demo sends Eigen's own products to OpenBLAS (EIGEN_USE_BLAS, for the
+# encoder), so the report's predicted errors may differ in the last bits: numbers to 1e-12.
+cmp "$work/gqa4/model.safetensors" "$work/demo/checkpoint-gqa4/model.safetensors"
+cmp "$work/gqa4/config.json" "$work/demo/checkpoint-gqa4/config.json"
+/usr/bin/python3 - "$work/gqa4/report.json" "$work/demo/checkpoint-gqa4/report.json" <<'PY'
+import json, math, sys
+def same(a, b, path="report"):
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), path
+        for k in a:
+            if k != "seconds":
+                same(a[k], b[k], path + "." + k)
+    elif isinstance(a, list):
+        assert isinstance(b, list) and len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            same(x, y, "%s[%d]" % (path, i))
+    elif isinstance(a, float) or isinstance(b, float):
+        assert math.isclose(a, b, rel_tol=1e-12, abs_tol=1e-300), "%s: %r vs %r" % (path, a, b)
+    else:
+        assert a == b, "%s: %r vs %r" % (path, a, b)
+same(json.load(open(sys.argv[1])), json.load(open(sys.argv[2])))
+print("minilm: headalign-convert and io::convert_checkpoint wrote the same checkpoint")
+PY
 "$demo" --model "$model" --evaluate "$work/gqa4" --eval-sentences 40 | tee "$work/evaluate.txt"
 grep -q "(4 KV heads)" "$work/evaluate.txt"
 echo "minilm: OK"

@@ -422,7 +422,7 @@ void bind_procrustes(nb::module_& m) {
 /// HeadGram.
 void bind_head_gram(nb::module_& m) {
   nb::class_<Gram>(m, "HeadGram",
-                   "Streaming accumulator of the cross-Gram blocks G_ij = X_iᵀ X_j of H heads (README: "Gram space").\n\n"
+                   "Streaming accumulator of the cross-Gram blocks G_ij = X_iᵀ X_j of H heads (README: Gram space).\n\n"
                    "add() takes token rows [..., num_heads·head_dim] (NumPy arrays or PyTorch CPU tensors, any float\n"
                    "dtype, read in place: C- or Fortran-ordered data feed the SYRK update without a copy). With\n"
                    "normalize_rows every head vector is scaled to unit length first (the reference's `cos`\n"

@@ -23,6 +23,7 @@ PyMergeError to_python(MergeError<S> e) {
   return {to_numpy(std::move(e.per_head)), to_numpy(std::move(e.per_group)), static_cast<double>(e.total),
           static_cast<double>(e.energy)};
 }
+using python::to_python;  // the GpaResult overloads (bindings.hpp) beside this one
 
 struct Converted {
   nb::object weights;  // Weights
@@ -219,20 +220,8 @@ std::vector<double> time_cpp_convert(const Array& q, const Array& k, const Array
   });
 }
 
-}  // namespace
-
-void bind_pipeline(nb::module_& m) {
-  nb::enum_<GroupBy>(m, "GroupBy", "Which similarity groups the heads.")
-      .value("VALUE", GroupBy::Value, "value similarity (the paper's best Sheared-LLaMA setting)")
-      .value("KEY", GroupBy::Key, "key similarity")
-      .value("JOINT", GroupBy::Joint, "key + value similarity")
-      .value("NONE", GroupBy::None, "adjacent heads, as plain GQA");
-  nb::enum_<MergeWeighting>(m, "MergeWeighting", "How a group's aligned heads are merged into one KV head.")
-      .value("MEAN", MergeWeighting::Mean, "the plain mean of the group's rows (the paper's Sec. 3.5)")
-      .value("OUTPUT_AWARE", MergeWeighting::OutputAware, "values weighted by the output projection: min Σ_h ‖O_h(V_h − V_g)‖²")
-      .value("QUERY_AWARE", MergeWeighting::QueryAware, "keys weighted by query statistics (convert_layer(queries=HeadMoments))")
-      .value("FULL", MergeWeighting::Full, "both (needs queries, as QUERY_AWARE)");
-
+/// AttentionWeights, apply_alignment() and merge_to_gqa().
+void bind_weights(nb::module_& m) {
   nb::class_<Weights>(m, "AttentionWeights",
                       "One attention layer in Hugging Face layout: q [H·d, hidden], k and v [Hkv·d, hidden],\n"
                       "o [hidden, H·d], optional biases. The arrays are views of the object's own storage.")
@@ -310,7 +299,10 @@ void bind_pipeline(nb::module_& m) {
         "weights"_a, "num_groups"_a, "key_weights"_a = nb::none(), "value_weights"_a = nb::none(),
         "Merges each run of num_kv_heads/num_groups adjacent KV heads into one: the (weighted) mean of their\n"
         "k and v rows (the paper's Sec. 3.5); q and o are kept. Weights are per KV head (None: equal).");
+}
 
+/// MergeError, head_energies() and predicted_merge_error().
+void bind_merge_error(nb::module_& m) {
   nb::class_<PyMergeError>(m, "MergeError", "Predicted error of merging aligned heads, from the Gram alone.")
       .def_ro("per_head", &PyMergeError::per_head, "E‖x_h R_h − m_group(h)‖² per head index")
       .def_ro("per_group", &PyMergeError::per_group, "the sum over each group's heads")
@@ -332,7 +324,11 @@ void bind_pipeline(nb::module_& m) {
         "gram"_a, "groups"_a, "rotations"_a = nb::none(), "weights"_a = nb::none(),
         "E‖x_h R_h − m_g‖² per head from the Gram, with m_g the (weighted) mean of the group's aligned\n"
         "heads; rotations per original head index [H, d, d] (None: identity, the mean-pool baseline).");
+}
 
+/// LayerPlan and plan_layer().
+void bind_plan(nb::module_& m) {
+  const RopeSpec rope_default{};
   nb::class_<Plan>(m, "LayerPlan", "How one layer is converted: groups, order and per-head rotations (plan_layer()).")
       .def_prop_ro("grouping", [](Plan& p) { return p.visit([](auto& l) { return l.grouping; }); })
       .def_prop_ro("similarity", [](Plan& p) { return p.visit([](auto& l) { return to_numpy(Matrix<typename std::decay_t<decltype(l.similarity)>::Scalar>(l.similarity)); }); },
@@ -353,7 +349,6 @@ void bind_pipeline(nb::module_& m) {
                    "whether every GPA converged")
       .def_prop_ro("dtype", [](Plan& p) { return numpy_dtype(p.is_double() ? "float64" : "float32"); });
 
-  const RopeSpec rope_default{};
   m.def("plan_layer",
         [](Gram& keys, Gram& values, Index num_groups, GroupBy group_by, Metric metric, Alignment key_alignment,
            Alignment value_alignment, const RopeSpec& rope, GroupingOptions::Method grouping, std::uint64_t seed,
@@ -367,7 +362,11 @@ void bind_pipeline(nb::module_& m) {
         "gpa_tolerance"_a = 1e-5, "method"_a = PolarMethod::Auto,
         "Plans one layer from its pre-RoPE key and value Grams: similarity (group_by), grouping into\n"
         "num_groups groups, GPA per group for keys and values, and the predicted merge errors.");
+}
 
+/// ConvertedLayer, convert_layer() and the benchmark's C++ baseline.
+void bind_convert(nb::module_& m) {
+  const RopeSpec rope_default{};
   nb::class_<Converted>(m, "ConvertedLayer", "convert_layer()'s result: the GQA layer and the plan that made it.")
       .def_ro("weights", &Converted::weights, "the merged GQA layer (AttentionWeights)")
       .def_ro("plan", &Converted::plan, "the LayerPlan");
@@ -401,6 +400,25 @@ void bind_pipeline(nb::module_& m) {
 
   m.def("_time_cpp_convert", &time_cpp_convert, "q"_a, "k"_a, "v"_a, "o"_a, "num_heads"_a, "num_groups"_a, "keys"_a, "values"_a,
         "repeats"_a = 5, "Seconds of each run of the C++ calls convert_layer makes (AttentionWeights from the arrays, plan_layer, convert_layer): the benchmark baseline.");
+}
+
+}  // namespace
+
+void bind_pipeline(nb::module_& m) {
+  nb::enum_<GroupBy>(m, "GroupBy", "Which similarity groups the heads.")
+      .value("VALUE", GroupBy::Value, "value similarity (the paper's best Sheared-LLaMA setting)")
+      .value("KEY", GroupBy::Key, "key similarity")
+      .value("JOINT", GroupBy::Joint, "key + value similarity")
+      .value("NONE", GroupBy::None, "adjacent heads, as plain GQA");
+  nb::enum_<MergeWeighting>(m, "MergeWeighting", "How a group's aligned heads are merged into one KV head.")
+      .value("MEAN", MergeWeighting::Mean, "the plain mean of the group's rows (the paper's Sec. 3.5)")
+      .value("OUTPUT_AWARE", MergeWeighting::OutputAware, "values weighted by the output projection: min Σ_h ‖O_h(V_h − V_g)‖²")
+      .value("QUERY_AWARE", MergeWeighting::QueryAware, "keys weighted by query statistics (convert_layer(queries=HeadMoments))")
+      .value("FULL", MergeWeighting::Full, "both (needs queries, as QUERY_AWARE)");
+  bind_weights(m);
+  bind_merge_error(m);
+  bind_plan(m);
+  bind_convert(m);
 }
 
 }  // namespace headalign::python
