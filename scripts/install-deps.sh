@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages headalign builds and tests with (only those that are missing).
 set -euo pipefail
-packages=(cmake g++ make libeigen3-dev catch2 nlohmann-json3-dev libopenblas-dev liblapacke-dev libbenchmark-dev libcli11-dev python3-numpy libxtensor-dev doxygen clang libclang-rt-dev
+packages=(cmake g++ make libeigen3-dev catch2 nlohmann-json3-dev libopenblas-dev liblapacke-dev libbenchmark-dev libcli11-dev python3-numpy libxtensor-dev doxygen clang clang-format libclang-rt-dev
           python3-dev python3-venv python3-pytest python3-scipy python3-torch)
 missing=()
 for p in "${packages[@]}"; do

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs what is missing, fetches the real test model, configures, builds and runs every test (CPU only).
+# Installs what is missing, fetches the real test model, checks the source layout (clang-format),
+# configures, builds and runs every test (CPU only).
 # With clang (installed by install-deps.sh) the whole suite is built with AddressSanitizer +
 # UndefinedBehaviorSanitizer (HEADALIGN_SANITIZE), and the libFuzzer targets are built and run
 # for HEADALIGN_FUZZ_SECONDS each (default 10); without clang, a plain build of the same suite.
@@ -9,6 +10,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install-deps.sh
 model="$(pwd)/$(./scripts/fetch-model.sh)"
+# The layout of the library, the tools and the bindings (.clang-format), before anything is built.
+git ls-files -z include tools python/src | grep -zE '\.(hpp|cpp|cuh|cu|h)$' | xargs -0 clang-format --dry-run --Werror
 build=build/test
 options=()
 if command -v clang++ >/dev/null 2>&1; then

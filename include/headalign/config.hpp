@@ -4,8 +4,8 @@
 #ifndef HEADALIGN_CONFIG_HPP
 #define HEADALIGN_CONFIG_HPP
 
-#include "errors.hpp"
 #include <headalign/version.hpp>  // generated from the project version (cmake/version.hpp.in)
+#include "errors.hpp"
 
 #include <Eigen/Core>
 
@@ -14,8 +14,9 @@
 namespace headalign {
 
 // Index (errors.hpp) is std::ptrdiff_t, Eigen's default index type.
-static_assert(std::is_same<Eigen::Index, Index>::value,
-              "headalign: Eigen::Index must be std::ptrdiff_t (do not redefine EIGEN_DEFAULT_DENSE_INDEX_TYPE)");
+static_assert(
+    std::is_same<Eigen::Index, Index>::value,
+    "headalign: Eigen::Index must be std::ptrdiff_t (do not redefine EIGEN_DEFAULT_DENSE_INDEX_TYPE)");
 
 /// Dense column-major matrix of scalar @p S.
 template <class S>
@@ -27,10 +28,10 @@ using Vector = Eigen::Matrix<S, Eigen::Dynamic, 1>;
 
 /// @brief Outcome of an iterative computation (as Spectra's CompInfo).
 enum class CompInfo {
-  Successful,      ///< converged to the requested tolerance
-  NotComputed,     ///< nothing was computed yet
-  NotConverging,   ///< the iteration limit was reached first
-  NumericalIssue   ///< a breakdown (non-finite intermediate) occurred
+  Successful,     ///< converged to the requested tolerance
+  NotComputed,    ///< nothing was computed yet
+  NotConverging,  ///< the iteration limit was reached first
+  NumericalIssue  ///< a breakdown (non-finite intermediate) occurred
 };
 
 }  // namespace headalign

@@ -48,14 +48,15 @@ namespace detail {
 }  // namespace headalign
 
 /// Always-on argument check: throws headalign::invalid_argument with the streamed message.
-/// Usage: HEADALIGN_CHECK(h % g == 0, "num_heads (" << h << ") is not divisible by num_groups (" << g << ")");
-#define HEADALIGN_CHECK(cond, msg)                                   \
-  do {                                                               \
-    if (!(cond)) {                                                   \
-      std::ostringstream headalign_check_os;                         \
-      headalign_check_os << msg;                                     \
+/// Usage: HEADALIGN_CHECK(h % g == 0, "num_heads (" << h << ") is not divisible by num_groups (" << g <<
+/// ")");
+#define HEADALIGN_CHECK(cond, msg)                                           \
+  do {                                                                       \
+    if (!(cond)) {                                                           \
+      std::ostringstream headalign_check_os;                                 \
+      headalign_check_os << msg;                                             \
       ::headalign::detail::throw_invalid_argument(headalign_check_os.str()); \
-    }                                                                \
+    }                                                                        \
   } while (false)
 
 #endif  // HEADALIGN_ERRORS_HPP

@@ -62,7 +62,10 @@ template <class S>
 class GroupBlocks {
  public:
   GroupBlocks(const HeadGram<S>& g, const std::vector<Index>& heads)
-      : k_(heads.size()), n_(static_cast<S>(g.tokens())), blocks_(k_ * k_), product_(g.head_dim(), g.head_dim()) {
+      : k_(heads.size()),
+        n_(static_cast<S>(g.tokens())),
+        blocks_(k_ * k_),
+        product_(g.head_dim(), g.head_dim()) {
     for (std::size_t t = 0; t < k_; ++t)
       for (std::size_t u = 0; u < k_; ++u) blocks_[t * k_ + u] = g.block(heads[t], heads[u]);
   }
@@ -96,7 +99,8 @@ S gpa_scale(const HeadGram<S>& g, const std::vector<Index>& heads) {
   const std::size_t k = heads.size();
   S scale = 0;
   for (std::size_t t = 0; t < k; ++t)
-    for (std::size_t u = t + 1; u < k; ++u) scale += std::sqrt(g.trace(heads[t])) * std::sqrt(g.trace(heads[u]));
+    for (std::size_t u = t + 1; u < k; ++u)
+      scale += std::sqrt(g.trace(heads[t])) * std::sqrt(g.trace(heads[u]));
   scale /= static_cast<S>(g.tokens()) * static_cast<S>(k * (k - 1) / 2);
   return scale > S(0) ? scale : S(1);
 }
@@ -176,7 +180,9 @@ GpaResult<S> align_group(const HeadGram<S>& g, const std::vector<Index>& heads, 
 
   // The start, as the reference: R_0 = I, every other head aligned onto the first.
   detail::GroupBlocks<S> blocks(g, heads);
-  auto solve = [&](const Matrix<S>& m) { return procrustes(m, alignment, rope, options.procrustes).rotation; };
+  auto solve = [&](const Matrix<S>& m) {
+    return procrustes(m, alignment, rope, options.procrustes).rotation;
+  };
   for (std::size_t t = 1; t < blocks.size(); ++t) result.rotations[t] = solve(blocks(t, 0));
   result.objective = blocks.objective(result.rotations);
   if (k == 2 || alignment == Alignment::None) return result;
@@ -185,8 +191,9 @@ GpaResult<S> align_group(const HeadGram<S>& g, const std::vector<Index>& heads, 
   result.converged = false;
   result.info = CompInfo::NotConverging;
   for (int it = 1; it <= options.max_iterations; ++it) {
-    const S obj = options.update == GpaUpdate::Sequential ? detail::sequential_sweep(blocks, result.rotations, solve)
-                                                          : detail::reference_sweep(blocks, result.rotations, solve);
+    const S obj = options.update == GpaUpdate::Sequential
+                      ? detail::sequential_sweep(blocks, result.rotations, solve)
+                      : detail::reference_sweep(blocks, result.rotations, solve);
     const S gain = obj - result.objective;
     result.objective = obj;
     result.iterations = it;

@@ -72,8 +72,9 @@ class HeadGram {
   template <class Derived>
   void add(const Eigen::MatrixBase<Derived>& tokens) {
     using T = typename Derived::Scalar;
-    HEADALIGN_CHECK(tokens.cols() == dim(), "token rows have " << tokens.cols() << " columns, expected num_heads · head_dim = "
-                                                               << h_ << " · " << d_ << " = " << dim());
+    HEADALIGN_CHECK(tokens.cols() == dim(),
+                    "token rows have " << tokens.cols() << " columns, expected num_heads · head_dim = " << h_
+                                       << " · " << d_ << " = " << dim());
     detail::check_finite(tokens, "token activations");
     if (tokens.size() > 0) reserve(tokens.rows(), static_cast<double>(tokens.cwiseAbs().maxCoeff()));
     const Index n = tokens.rows();
@@ -100,17 +101,20 @@ class HeadGram {
   /// @brief Accumulates @p rows token rows from a row-major buffer with @p row_stride elements per row.
   template <class T>
   void add(const T* data, Index rows, Index row_stride) {
-    HEADALIGN_CHECK(rows >= 0 && row_stride >= dim(), "row_stride (" << row_stride << ") is smaller than num_heads · head_dim ("
-                                                                     << dim() << ")");
-    using Map = Eigen::Map<const Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>, 0, Eigen::OuterStride<>>;
+    HEADALIGN_CHECK(
+        rows >= 0 && row_stride >= dim(),
+        "row_stride (" << row_stride << ") is smaller than num_heads · head_dim (" << dim() << ")");
+    using Map = Eigen::Map<const Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>, 0,
+                           Eigen::OuterStride<>>;
     add(Map(data, rows, dim(), Eigen::OuterStride<>(row_stride)));
   }
 
   /// @brief Adds the statistics of another accumulator (disjoint tokens): G ← G + G', n ← n + n'.
   /// @throws invalid_argument when the shapes or the normalisation differ
   void merge(const HeadGram& other) {
-    HEADALIGN_CHECK(other.h_ == h_ && other.d_ == d_,
-                    "cannot merge a HeadGram of " << other.h_ << " × " << other.d_ << " into one of " << h_ << " × " << d_);
+    HEADALIGN_CHECK(other.h_ == h_ && other.d_ == d_, "cannot merge a HeadGram of "
+                                                          << other.h_ << " × " << other.d_ << " into one of "
+                                                          << h_ << " × " << d_);
     HEADALIGN_CHECK(other.normalize_ == normalize_, "cannot merge HeadGrams with different normalize_rows");
     HEADALIGN_CHECK(bound_ + other.bound_ <= limit(), "merging these HeadGrams could overflow the "
                                                           << detail::scalar_name<S>()
@@ -181,14 +185,16 @@ class HeadGram {
   template <class Derived>
   static HeadGram from_weights(const Eigen::MatrixBase<Derived>& weights, Index num_heads, Index head_dim) {
     HeadGram g(num_heads, head_dim, false);
-    HEADALIGN_CHECK(weights.rows() == g.dim(), "projection weights have " << weights.rows() << " rows, expected num_heads · head_dim = "
-                                                                          << g.dim());
+    HEADALIGN_CHECK(weights.rows() == g.dim(), "projection weights have "
+                                                   << weights.rows()
+                                                   << " rows, expected num_heads · head_dim = " << g.dim());
     HEADALIGN_CHECK(weights.cols() > 0, "projection weights have no columns");
     detail::check_finite(weights, "projection weights");
     const Matrix<S> w = weights.template cast<S>();
     g.g_.template selfadjointView<Eigen::Lower>().rankUpdate(w);
-    HEADALIGN_CHECK(detail::all_finite(g.g_), "projection weights too large for a " << detail::scalar_name<S>()
-                                                                               << " Gram (W Wᵀ overflows); use double");
+    HEADALIGN_CHECK(detail::all_finite(g.g_), "projection weights too large for a "
+                                                  << detail::scalar_name<S>()
+                                                  << " Gram (W Wᵀ overflows); use double");
     g.tokens_ = 1;
     g.bound_ = static_cast<double>(g.g_.diagonal().maxCoeff());
     return g;
@@ -201,19 +207,21 @@ class HeadGram {
   /// negative diagonal entry, or an off-diagonal entry larger than the Cauchy–Schwarz bound allows
   /// by more than 0.1 % plus round-off (|G_ab| ≤ √(G_aa G_bb)).
   template <class Derived>
-  static HeadGram from_gram(const Eigen::MatrixBase<Derived>& gram, Index num_heads, Index head_dim, Index tokens,
-                            bool normalize_rows = false) {
+  static HeadGram from_gram(const Eigen::MatrixBase<Derived>& gram, Index num_heads, Index head_dim,
+                            Index tokens, bool normalize_rows = false) {
     HeadGram g(num_heads, head_dim, normalize_rows);
     g.check_gram_shape(gram.rows(), gram.cols());
     HEADALIGN_CHECK(tokens >= 0, "tokens (" << tokens << ") must not be negative");
-    g.g_.template triangularView<Eigen::Lower>() = gram.template cast<S>().template triangularView<Eigen::Lower>();
+    g.g_.template triangularView<Eigen::Lower>() =
+        gram.template cast<S>().template triangularView<Eigen::Lower>();
     g.adopt(tokens);
     return g;
   }
 
   /// @brief As from_gram() above, taking over @p gram's storage instead of copying it: for
   /// statistics read from a file, which need not be held twice. The upper triangle is not read.
-  static HeadGram from_gram(Matrix<S>&& gram, Index num_heads, Index head_dim, Index tokens, bool normalize_rows = false) {
+  static HeadGram from_gram(Matrix<S>&& gram, Index num_heads, Index head_dim, Index tokens,
+                            bool normalize_rows = false) {
     HEADALIGN_CHECK(tokens >= 0, "tokens (" << tokens << ") must not be negative");
     HeadGram g(Storage{}, num_heads, head_dim, normalize_rows);
     g.check_gram_shape(gram.rows(), gram.cols());
@@ -232,9 +240,9 @@ class HeadGram {
   }
 
   void check_gram_shape(Index rows, Index cols) const {
-    HEADALIGN_CHECK(rows == dim() && cols == dim(), "the Gram is " << rows << " × " << cols
-                                                                   << ", expected (num_heads · head_dim)² = " << dim() << " × "
-                                                                   << dim());
+    HEADALIGN_CHECK(rows == dim() && cols == dim(),
+                    "the Gram is " << rows << " × " << cols
+                                   << ", expected (num_heads · head_dim)² = " << dim() << " × " << dim());
   }
 
   // Validates the lower triangle of g_ as the Gram of `tokens` real rows (finite, non-negative
@@ -244,14 +252,18 @@ class HeadGram {
     for (Index c = 0; c < n; ++c)
       HEADALIGN_CHECK(detail::all_finite(g_.col(c).tail(n - c)), "the Gram contains NaN or Inf");
     const Vector<S> diag = g_.diagonal();
-    HEADALIGN_CHECK((diag.array() >= S(0)).all(), "the Gram has a negative diagonal entry (not a Gram of real rows)");
-    // Accumulation round-off is below γ_n √(G_aa G_bb); the slack is far looser: this catches garbage, not rounding.
-    const S slack = S(1.001) + S(64) * std::numeric_limits<S>::epsilon() * static_cast<S>(std::max<Index>(tokens, 1));
+    HEADALIGN_CHECK((diag.array() >= S(0)).all(),
+                    "the Gram has a negative diagonal entry (not a Gram of real rows)");
+    // Accumulation round-off is below γ_n √(G_aa G_bb); the slack is far looser: this catches garbage, not
+    // rounding.
+    const S slack =
+        S(1.001) + S(64) * std::numeric_limits<S>::epsilon() * static_cast<S>(std::max<Index>(tokens, 1));
     for (Index c = 0; c < n; ++c)
       for (Index r = c + 1; r < n; ++r)
         HEADALIGN_CHECK(std::abs(g_(r, c)) <= slack * std::sqrt(diag(r)) * std::sqrt(diag(c)),
-                        "Gram entry (" << r << ", " << c << ") = " << g_(r, c)
-                                       << " exceeds the Cauchy–Schwarz bound √(G_aa G_bb) (not a Gram of real rows)");
+                        "Gram entry ("
+                            << r << ", " << c << ") = " << g_(r, c)
+                            << " exceeds the Cauchy–Schwarz bound √(G_aa G_bb) (not a Gram of real rows)");
     tokens_ = tokens;
     bound_ = n ? static_cast<double>(diag.maxCoeff()) : 0.0;
   }
@@ -265,11 +277,11 @@ class HeadGram {
   double reserved(Index n, double largest) const {
     const double per_row = normalize_ ? 1.0 : largest * largest;
     const double next = bound_ + static_cast<double>(n) * per_row;
-    HEADALIGN_CHECK(std::isfinite(next) && next <= limit(),
-                    "token activations up to |x| = " << largest << " could overflow the "
-                                                     << detail::scalar_name<S>()
-                                                     << " Gram accumulator (sums of squares up to " << next
-                                                     << "); accumulate in double (HeadGram<double>) or rescale");
+    HEADALIGN_CHECK(
+        std::isfinite(next) && next <= limit(),
+        "token activations up to |x| = " << largest << " could overflow the " << detail::scalar_name<S>()
+                                         << " Gram accumulator (sums of squares up to " << next
+                                         << "); accumulate in double (HeadGram<double>) or rescale");
     return next;
   }
 
@@ -304,7 +316,7 @@ class HeadGram {
   Index chunk_;
   Index tokens_ = 0;
   double bound_ = 0;  // an upper bound of max_i G_ii (see reserve())
-  Matrix<S> g_;  // lower triangle of G = Σ x xᵀ
+  Matrix<S> g_;       // lower triangle of G = Σ x xᵀ
 };
 
 /// @brief Per-head second moments \f$ \Sigma_h = \sum_t q_{h,t}^\top q_{h,t} \f$ (d × d for each of H
@@ -334,32 +346,36 @@ class HeadMoments {
   /// @throws invalid_argument when the width is not H·d or the data hold NaN/Inf (nothing is added then)
   template <class Derived>
   void add(const Eigen::MatrixBase<Derived>& tokens) {
-    HEADALIGN_CHECK(tokens.cols() == num_heads() * d_, "query rows have " << tokens.cols() << " columns, expected num_heads · head_dim = "
-                                                                          << num_heads() << " · " << d_ << " = " << num_heads() * d_);
+    HEADALIGN_CHECK(tokens.cols() == num_heads() * d_,
+                    "query rows have " << tokens.cols() << " columns, expected num_heads · head_dim = "
+                                       << num_heads() << " · " << d_ << " = " << num_heads() * d_);
     detail::check_finite(tokens, "query activations");
     // Every head's overflow check before any head adds: nothing is added when one would overflow.
     if (tokens.size() > 0)
       for (Index h = 0; h < num_heads(); ++h)
-        heads_[static_cast<std::size_t>(h)].reserved(tokens.rows(),
-                                                     static_cast<double>(tokens.middleCols(h * d_, d_).cwiseAbs().maxCoeff()));
-    for (Index h = 0; h < num_heads(); ++h) heads_[static_cast<std::size_t>(h)].add(tokens.middleCols(h * d_, d_));
+        heads_[static_cast<std::size_t>(h)].reserved(
+            tokens.rows(), static_cast<double>(tokens.middleCols(h * d_, d_).cwiseAbs().maxCoeff()));
+    for (Index h = 0; h < num_heads(); ++h)
+      heads_[static_cast<std::size_t>(h)].add(tokens.middleCols(h * d_, d_));
   }
 
   /// @brief Accumulates @p rows token rows from a row-major buffer with @p row_stride elements per row.
   template <class T>
   void add(const T* data, Index rows, Index row_stride) {
     HEADALIGN_CHECK(rows >= 0 && row_stride >= num_heads() * d_,
-                    "row_stride (" << row_stride << ") is smaller than num_heads · head_dim (" << num_heads() * d_ << ")");
-    using Map = Eigen::Map<const Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>, 0, Eigen::OuterStride<>>;
+                    "row_stride (" << row_stride << ") is smaller than num_heads · head_dim ("
+                                   << num_heads() * d_ << ")");
+    using Map = Eigen::Map<const Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>, 0,
+                           Eigen::OuterStride<>>;
     add(Map(data, rows, num_heads() * d_, Eigen::OuterStride<>(row_stride)));
   }
 
   /// @brief Adds the moments of another accumulator (disjoint tokens).
   /// @throws invalid_argument when the shapes differ
   void merge(const HeadMoments& other) {
-    HEADALIGN_CHECK(other.num_heads() == num_heads() && other.d_ == d_, "cannot merge HeadMoments of "
-                                                                            << other.num_heads() << " × " << other.d_ << " into "
-                                                                            << num_heads() << " × " << d_);
+    HEADALIGN_CHECK(other.num_heads() == num_heads() && other.d_ == d_,
+                    "cannot merge HeadMoments of " << other.num_heads() << " × " << other.d_ << " into "
+                                                   << num_heads() << " × " << d_);
     for (std::size_t h = 0; h < heads_.size(); ++h) heads_[h].merge(other.heads_[h]);
   }
 
@@ -371,7 +387,8 @@ class HeadMoments {
   /// @brief \f$ \Sigma_h = \sum_t q_{h,t}^\top q_{h,t} \f$, d × d symmetric.
   /// @throws invalid_argument for a head index out of range
   Matrix<S> block(Index h) const {
-    HEADALIGN_CHECK(h >= 0 && h < num_heads(), "head index " << h << " out of range for " << num_heads() << " heads");
+    HEADALIGN_CHECK(h >= 0 && h < num_heads(),
+                    "head index " << h << " out of range for " << num_heads() << " heads");
     return heads_[static_cast<std::size_t>(h)].block(0, 0);
   }
 
@@ -379,13 +396,15 @@ class HeadMoments {
   /// (whitened inputs, one "average token"; see HeadGram::from_weights()).
   /// @param weights [H·d, hidden], head h owning rows [h·d, (h+1)·d)
   template <class Derived>
-  static HeadMoments from_weights(const Eigen::MatrixBase<Derived>& weights, Index num_heads, Index head_dim) {
+  static HeadMoments from_weights(const Eigen::MatrixBase<Derived>& weights, Index num_heads,
+                                  Index head_dim) {
     HeadMoments m(num_heads, head_dim);
-    HEADALIGN_CHECK(weights.rows() == num_heads * head_dim, "query weights have " << weights.rows()
-                                                                                 << " rows, expected num_heads · head_dim = "
-                                                                                 << num_heads * head_dim);
+    HEADALIGN_CHECK(weights.rows() == num_heads * head_dim,
+                    "query weights have " << weights.rows() << " rows, expected num_heads · head_dim = "
+                                          << num_heads * head_dim);
     for (Index h = 0; h < num_heads; ++h)
-      m.heads_[static_cast<std::size_t>(h)] = HeadGram<S>::from_weights(weights.middleRows(h * head_dim, head_dim), 1, head_dim);
+      m.heads_[static_cast<std::size_t>(h)] =
+          HeadGram<S>::from_weights(weights.middleRows(h * head_dim, head_dim), 1, head_dim);
     return m;
   }
 
@@ -398,9 +417,10 @@ class HeadMoments {
     const Index d = blocks.front().rows();
     HeadMoments m(static_cast<Index>(blocks.size()), d);
     for (std::size_t h = 0; h < blocks.size(); ++h) {
-      HEADALIGN_CHECK(blocks[h].rows() == d && blocks[h].cols() == d, "HeadMoments::from_moments: block "
-                                                                          << h << " is " << blocks[h].rows() << " × "
-                                                                          << blocks[h].cols() << ", expected " << d << " × " << d);
+      HEADALIGN_CHECK(blocks[h].rows() == d && blocks[h].cols() == d,
+                      "HeadMoments::from_moments: block " << h << " is " << blocks[h].rows() << " × "
+                                                          << blocks[h].cols() << ", expected " << d << " × "
+                                                          << d);
       m.heads_[h] = HeadGram<S>::from_gram(std::move(blocks[h]), 1, d, tokens);
     }
     return m;

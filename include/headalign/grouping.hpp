@@ -81,9 +81,11 @@ inline double partition_count(Index h, Index g) {
 }
 
 /// Groups from a head → group assignment, heads ascending inside groups, groups by first head.
-inline std::vector<std::vector<Index>> groups_from_assignment(const std::vector<Index>& assign, Index num_groups) {
+inline std::vector<std::vector<Index>> groups_from_assignment(const std::vector<Index>& assign,
+                                                              Index num_groups) {
   std::vector<std::vector<Index>> groups(static_cast<std::size_t>(num_groups));
-  for (std::size_t h = 0; h < assign.size(); ++h) groups[static_cast<std::size_t>(assign[h])].push_back(static_cast<Index>(h));
+  for (std::size_t h = 0; h < assign.size(); ++h)
+    groups[static_cast<std::size_t>(assign[h])].push_back(static_cast<Index>(h));
   std::sort(groups.begin(), groups.end());
   return groups;
 }
@@ -94,8 +96,9 @@ inline std::vector<std::vector<Index>> groups_from_assignment(const std::vector<
 /// @throws invalid_argument for a non-square similarity, or a head outside it or in two groups
 template <class S>
 double grouping_score(const Matrix<S>& similarity, const std::vector<std::vector<Index>>& groups) {
-  HEADALIGN_CHECK(similarity.rows() == similarity.cols(),
-                  "grouping_score: similarity must be square, got " << similarity.rows() << " × " << similarity.cols());
+  HEADALIGN_CHECK(similarity.rows() == similarity.cols(), "grouping_score: similarity must be square, got "
+                                                              << similarity.rows() << " × "
+                                                              << similarity.cols());
   detail::HeadSet heads(similarity.rows(), "grouping_score");
   double score = 0;
   for (const auto& g : groups) {
@@ -128,18 +131,20 @@ void random_assignment(std::vector<Index>& assign, Index k, Rng& rng) {
   std::vector<Index> perm(assign.size());
   std::iota(perm.begin(), perm.end(), Index(0));
   std::shuffle(perm.begin(), perm.end(), rng);
-  for (std::size_t p = 0; p < perm.size(); ++p) assign[static_cast<std::size_t>(perm[p])] = static_cast<Index>(p) / k;
+  for (std::size_t p = 0; p < perm.size(); ++p)
+    assign[static_cast<std::size_t>(perm[p])] = static_cast<Index>(p) / k;
 }
 
 /// `Exact`: depth-first enumeration of all partitions; the lowest unassigned head opens the next
 /// group, which is filled with every (k − 1)-subset of the remaining heads in increasing order.
-inline std::vector<Index> exact_grouping(const Matrix<double>& sim, Index num_groups, const GroupingOptions& options) {
+inline std::vector<Index> exact_grouping(const Matrix<double>& sim, Index num_groups,
+                                         const GroupingOptions& options) {
   const Index h = sim.rows(), k = h / num_groups;
   const double count = partition_count(h, num_groups);
   HEADALIGN_CHECK(count <= options.exact_max_partitions,
-                  "Exact grouping of " << h << " heads into " << num_groups << " groups would enumerate " << count
-                                       << " partitions (limit exact_max_partitions = " << options.exact_max_partitions
-                                       << "); use LocalSearch");
+                  "Exact grouping of " << h << " heads into " << num_groups << " groups would enumerate "
+                                       << count << " partitions (limit exact_max_partitions = "
+                                       << options.exact_max_partitions << "); use LocalSearch");
   std::vector<Index> assign(static_cast<std::size_t>(h), -1), best_assign;
   double best_score = -std::numeric_limits<double>::infinity();
   auto recurse = [&](auto&& self, Index group, double score) -> void {
@@ -181,7 +186,8 @@ inline std::vector<Index> exact_grouping(const Matrix<double>& sim, Index num_gr
 /// `HillClimb`, as the reference: from `restarts` random groupings, propose swapping two random
 /// heads of different groups `iterations` times, keeping a swap only when the objective strictly
 /// improves (its gain computed from the two groups); the best run wins.
-inline std::vector<Index> hill_climb_grouping(const Matrix<double>& sim, Index num_groups, const GroupingOptions& options) {
+inline std::vector<Index> hill_climb_grouping(const Matrix<double>& sim, Index num_groups,
+                                              const GroupingOptions& options) {
   const Index h = sim.rows(), k = h / num_groups;
   std::mt19937_64 rng(options.seed);
   std::vector<Index> assign(static_cast<std::size_t>(h)), best_assign;
@@ -203,8 +209,10 @@ inline std::vector<Index> hill_climb_grouping(const Matrix<double>& sim, Index n
       for (Index j = 0; j < h; ++j) {
         const Index gj = assign[static_cast<std::size_t>(j)];
         if (j == a || j == b) continue;
-        if (gj == ga) gain += sim(b, j) - sim(a, j);
-        else if (gj == gb) gain += sim(a, j) - sim(b, j);
+        if (gj == ga)
+          gain += sim(b, j) - sim(a, j);
+        else if (gj == gb)
+          gain += sim(a, j) - sim(b, j);
       }
       if (gain > 0) {
         std::swap(assign[static_cast<std::size_t>(a)], assign[static_cast<std::size_t>(b)]);
@@ -221,7 +229,8 @@ inline std::vector<Index> hill_climb_grouping(const Matrix<double>& sim, Index n
 
 /// Steepest ascent over all swaps with the exact double gains, from @p assign (head → group) to a
 /// local optimum of the swap neighbourhood: gains must exceed @p eps.
-inline void steepest_ascent(const Matrix<double>& sim, Index num_groups, double eps, std::vector<Index>& assign) {
+inline void steepest_ascent(const Matrix<double>& sim, Index num_groups, double eps,
+                            std::vector<Index>& assign) {
   const Index h = sim.rows();
   Matrix<double> gs = Matrix<double>::Zero(h, num_groups);
   for (Index i = 0; i < h; ++i)
@@ -270,7 +279,8 @@ class TabuTenures {
     const std::int64_t tenure = 1 + static_cast<std::int64_t>(((bits_ & 0xFFFFu) * longest_) >> 16);
     bits_ >>= 16;
     --bits_left_;
-    return static_cast<std::int32_t>(std::min<std::int64_t>(step + 1 + tenure, std::numeric_limits<std::int32_t>::max()));
+    return static_cast<std::int32_t>(
+        std::min<std::int64_t>(step + 1 + tenure, std::numeric_limits<std::int32_t>::max()));
   }
 
  private:
@@ -281,7 +291,8 @@ class TabuTenures {
 /// `LocalSearch`: every step makes the best admissible swap (detail::SwapSearch), restarting from a
 /// random grouping after `restart_after` steps without a better grouping in the run; the best
 /// grouping found is finished by steepest_ascent() in double.
-inline std::vector<Index> local_search_grouping(const Matrix<double>& sim, Index num_groups, const GroupingOptions& options) {
+inline std::vector<Index> local_search_grouping(const Matrix<double>& sim, Index num_groups,
+                                                const GroupingOptions& options) {
   const Index h = sim.rows(), k = h / num_groups;
   std::mt19937_64 rng(options.seed);
   SwapSearch search(sim, num_groups);
@@ -330,7 +341,8 @@ inline std::vector<Index> local_search_grouping(const Matrix<double>& sim, Index
   }
   // best_assign lists heads by slot; slot x belongs to group x / k.
   std::vector<Index> assign(static_cast<std::size_t>(h));
-  for (Index x = 0; x < h; ++x) assign[static_cast<std::size_t>(best_assign[static_cast<std::size_t>(x)])] = x / k;
+  for (Index x = 0; x < h; ++x)
+    assign[static_cast<std::size_t>(best_assign[static_cast<std::size_t>(x)])] = x / k;
   // Finish in double, so the result is a local optimum of the swap neighbourhood whatever float
   // rounding did during the search.
   steepest_ascent(sim, num_groups, eps, assign);
@@ -354,15 +366,17 @@ Grouping group_heads(const Matrix<S>& similarity, Index num_groups, GroupingOpti
                   "similarity must be square, got " << similarity.rows() << " × " << similarity.cols());
   detail::check_finite(similarity, "similarity");
   detail::check_group_counts(h, num_groups);
-  HEADALIGN_CHECK(options.restarts > 0 && options.iterations >= 0 && options.steps > 0 && options.restart_after > 0 &&
-                      options.patience >= 0,
+  HEADALIGN_CHECK(options.restarts > 0 && options.iterations >= 0 && options.steps > 0 &&
+                      options.restart_after > 0 && options.patience >= 0,
                   "restarts (" << options.restarts << "), steps (" << options.steps << ") and restart_after ("
-                               << options.restart_after << ") must be positive, iterations (" << options.iterations
-                               << ") and patience (" << options.patience << ") non-negative");
+                               << options.restart_after << ") must be positive, iterations ("
+                               << options.iterations << ") and patience (" << options.patience
+                               << ") non-negative");
   // Work in double on a symmetrised copy with a zero diagonal.
   Matrix<double> sim = similarity.template cast<double>();
   const double asym = (sim - sim.transpose()).cwiseAbs().maxCoeff();
-  HEADALIGN_CHECK(asym <= 1e-6 * (1.0 + sim.cwiseAbs().maxCoeff()), "similarity is not symmetric (max |s_ij − s_ji| = " << asym << ")");
+  HEADALIGN_CHECK(asym <= 1e-6 * (1.0 + sim.cwiseAbs().maxCoeff()),
+                  "similarity is not symmetric (max |s_ij − s_ji| = " << asym << ")");
   sim = (0.5 * (sim + sim.transpose())).eval();
   sim.diagonal().setZero();
 
@@ -371,9 +385,15 @@ Grouping group_heads(const Matrix<S>& similarity, Index num_groups, GroupingOpti
     for (Index i = 0; i < h; ++i) assign[static_cast<std::size_t>(i)] = num_groups == 1 ? 0 : i;
   } else {
     switch (options.method) {
-      case GroupingOptions::Method::Exact: assign = detail::exact_grouping(sim, num_groups, options); break;
-      case GroupingOptions::Method::HillClimb: assign = detail::hill_climb_grouping(sim, num_groups, options); break;
-      case GroupingOptions::Method::LocalSearch: assign = detail::local_search_grouping(sim, num_groups, options); break;
+      case GroupingOptions::Method::Exact:
+        assign = detail::exact_grouping(sim, num_groups, options);
+        break;
+      case GroupingOptions::Method::HillClimb:
+        assign = detail::hill_climb_grouping(sim, num_groups, options);
+        break;
+      case GroupingOptions::Method::LocalSearch:
+        assign = detail::local_search_grouping(sim, num_groups, options);
+        break;
     }
   }
   Grouping best;

@@ -48,10 +48,10 @@ S sigmoid(S x) {
 }
 
 inline void check_hard_concrete(const HardConcrete& hc) {
-  HEADALIGN_CHECK(hc.beta > 0 && hc.gamma < 0 && hc.zeta > 1 && std::isfinite(hc.beta) && std::isfinite(hc.gamma) &&
-                      std::isfinite(hc.zeta),
-                  "HardConcrete: need beta > 0, gamma < 0 < 1 < zeta (got beta = " << hc.beta << ", gamma = " << hc.gamma
-                                                                                   << ", zeta = " << hc.zeta << ")");
+  HEADALIGN_CHECK(hc.beta > 0 && hc.gamma < 0 && hc.zeta > 1 && std::isfinite(hc.beta) &&
+                      std::isfinite(hc.gamma) && std::isfinite(hc.zeta),
+                  "HardConcrete: need beta > 0, gamma < 0 < 1 < zeta (got beta = "
+                      << hc.beta << ", gamma = " << hc.gamma << ", zeta = " << hc.zeta << ")");
 }
 
 template <class D>
@@ -62,9 +62,10 @@ void check_logits(const Eigen::ArrayBase<D>& a, const char* what) {
 template <class D, class U>
 void check_uniforms(const Eigen::ArrayBase<D>& a, const Eigen::ArrayBase<U>& u, const char* what) {
   HEADALIGN_CHECK(a.rows() == u.rows() && a.cols() == u.cols(), what << ": " << u.rows() << " × " << u.cols()
-                                                                      << " uniforms for " << a.rows() << " × " << a.cols()
-                                                                      << " logits");
-  HEADALIGN_CHECK(((u.derived() > 0) && (u.derived() < 1)).all(), what << ": uniforms must lie in the open interval (0, 1)");
+                                                                     << " uniforms for " << a.rows() << " × "
+                                                                     << a.cols() << " logits");
+  HEADALIGN_CHECK(((u.derived() > 0) && (u.derived() < 1)).all(),
+                  what << ": uniforms must lie in the open interval (0, 1)");
 }
 
 }  // namespace detail
@@ -86,7 +87,8 @@ typename D::PlainObject prob_nonzero_grad(const HardConcrete& hc, const Eigen::A
   return p * (1 - p);
 }
 
-/// @brief The expected L0 norm \f$ \sum P(z \ne 0) \f$ (the penalty of Eq. 12); its gradient is prob_nonzero_grad().
+/// @brief The expected L0 norm \f$ \sum P(z \ne 0) \f$ (the penalty of Eq. 12); its gradient is
+/// prob_nonzero_grad().
 template <class D>
 typename D::Scalar expected_l0(const HardConcrete& hc, const Eigen::ArrayBase<D>& log_alpha) {
   return prob_nonzero(hc, log_alpha).sum();
@@ -102,7 +104,8 @@ typename D::PlainObject sample_gates(const HardConcrete& hc, const Eigen::ArrayB
   detail::check_hard_concrete(hc);
   detail::check_logits(log_alpha, "sample_gates");
   detail::check_uniforms(log_alpha, uniform, "sample_gates");
-  const S beta = static_cast<S>(hc.beta), lo = static_cast<S>(hc.gamma), width = static_cast<S>(hc.zeta - hc.gamma);
+  const S beta = static_cast<S>(hc.beta), lo = static_cast<S>(hc.gamma),
+          width = static_cast<S>(hc.zeta - hc.gamma);
   return log_alpha.binaryExpr(uniform.template cast<S>(), [=](S a, S u) {
     const S s = detail::sigmoid((std::log(u) - std::log1p(-u) + a) / beta);
     return std::min(S(1), std::max(S(0), s * width + lo));
@@ -118,7 +121,8 @@ typename D::PlainObject sample_gates_grad(const HardConcrete& hc, const Eigen::A
   detail::check_hard_concrete(hc);
   detail::check_logits(log_alpha, "sample_gates_grad");
   detail::check_uniforms(log_alpha, uniform, "sample_gates_grad");
-  const S beta = static_cast<S>(hc.beta), lo = static_cast<S>(hc.gamma), width = static_cast<S>(hc.zeta - hc.gamma);
+  const S beta = static_cast<S>(hc.beta), lo = static_cast<S>(hc.gamma),
+          width = static_cast<S>(hc.zeta - hc.gamma);
   return log_alpha.binaryExpr(uniform.template cast<S>(), [=](S a, S u) {
     const S s = detail::sigmoid((std::log(u) - std::log1p(-u) + a) / beta);
     const S y = s * width + lo;
@@ -126,19 +130,23 @@ typename D::PlainObject sample_gates_grad(const HardConcrete& hc, const Eigen::A
   });
 }
 
-/// @brief Test-time gates (Eq. 13): \f$ \hat z = \min(1, \max(0, \sigma(\log\alpha)(\zeta-\gamma) + \gamma)) \f$.
+/// @brief Test-time gates (Eq. 13): \f$ \hat z = \min(1, \max(0, \sigma(\log\alpha)(\zeta-\gamma) + \gamma))
+/// \f$.
 template <class D>
 typename D::PlainObject deterministic_gates(const HardConcrete& hc, const Eigen::ArrayBase<D>& log_alpha) {
   using S = typename D::Scalar;
   detail::check_hard_concrete(hc);
   detail::check_logits(log_alpha, "deterministic_gates");
   const S lo = static_cast<S>(hc.gamma), width = static_cast<S>(hc.zeta - hc.gamma);
-  return log_alpha.unaryExpr([=](S a) { return std::min(S(1), std::max(S(0), detail::sigmoid(a) * width + lo)); });
+  return log_alpha.unaryExpr(
+      [=](S a) { return std::min(S(1), std::max(S(0), detail::sigmoid(a) * width + lo)); });
 }
 
-/// @brief \f$ \partial \hat z / \partial \log\alpha = (\zeta-\gamma)\,\sigma(1-\sigma) \f$ inside (0, 1), 0 where clipped.
+/// @brief \f$ \partial \hat z / \partial \log\alpha = (\zeta-\gamma)\,\sigma(1-\sigma) \f$ inside (0, 1), 0
+/// where clipped.
 template <class D>
-typename D::PlainObject deterministic_gates_grad(const HardConcrete& hc, const Eigen::ArrayBase<D>& log_alpha) {
+typename D::PlainObject deterministic_gates_grad(const HardConcrete& hc,
+                                                 const Eigen::ArrayBase<D>& log_alpha) {
   using S = typename D::Scalar;
   detail::check_hard_concrete(hc);
   detail::check_logits(log_alpha, "deterministic_gates_grad");
@@ -162,17 +170,18 @@ struct ReferenceGates {
   double scale = 1e-3;             ///< α_s: logit a = θ / (α_s T)
   double noise = 0.1;              ///< training noise u ~ U(0.5 − noise, 0.5 + noise)
   double stretch = 1.005;          ///< y ← (y − 0.5)·stretch + 0.5 before clipping to [0, 1]
-  double logit_limit = 24;         ///< parameters are clamped so that |a| ≤ logit_limit (θ ∈ ±8 α_s at T = 1/3)
-  double offset_gate = 0.995;      ///< P(z ≠ 0) = σ(a + T·logit(offset_gate))
-  double epsilon = 1e-6;           ///< clamp of the probabilities, and the L2 term's offset
+  double logit_limit = 24;  ///< parameters are clamped so that |a| ≤ logit_limit (θ ∈ ±8 α_s at T = 1/3)
+  double offset_gate = 0.995;  ///< P(z ≠ 0) = σ(a + T·logit(offset_gate))
+  double epsilon = 1e-6;       ///< clamp of the probabilities, and the L2 term's offset
 };
 
 namespace detail {
 inline void check_reference_gates(const ReferenceGates& r) {
-  HEADALIGN_CHECK(r.temperature > 0 && r.scale > 0 && r.noise > 0 && r.noise < 0.5 && r.stretch > 0 &&
-                      r.logit_limit > 0 && r.offset_gate > 0 && r.offset_gate < 1 && r.epsilon >= 0 && r.epsilon < 0.5,
-                  "ReferenceGates: need temperature, scale, stretch, logit_limit > 0, noise and epsilon in (0, 0.5), "
-                  "offset_gate in (0, 1)");
+  HEADALIGN_CHECK(
+      r.temperature > 0 && r.scale > 0 && r.noise > 0 && r.noise < 0.5 && r.stretch > 0 &&
+          r.logit_limit > 0 && r.offset_gate > 0 && r.offset_gate < 1 && r.epsilon >= 0 && r.epsilon < 0.5,
+      "ReferenceGates: need temperature, scale, stretch, logit_limit > 0, noise and epsilon in (0, 0.5), "
+      "offset_gate in (0, 1)");
 }
 }  // namespace detail
 
@@ -193,7 +202,8 @@ inline double reference_initial_parameter(const ReferenceGates& r) {
 
 /// @brief Clamps parameters to |a| ≤ logit_limit, i.e. θ ∈ [−L·T·α_s, L·T·α_s] (after every optimiser step).
 template <class D>
-typename D::PlainObject reference_clamp_parameters(const ReferenceGates& r, const Eigen::ArrayBase<D>& theta) {
+typename D::PlainObject reference_clamp_parameters(const ReferenceGates& r,
+                                                   const Eigen::ArrayBase<D>& theta) {
   using S = typename D::Scalar;
   detail::check_reference_gates(r);
   const S bound = static_cast<S>(r.logit_limit * r.temperature * r.scale);
@@ -250,14 +260,14 @@ typename D::PlainObject reference_prob_nonzero(const ReferenceGates& r, const Ei
   const S inv = static_cast<S>(1.0 / (r.scale * r.temperature)),
           shift = static_cast<S>(r.temperature * std::log(r.offset_gate / (1.0 - r.offset_gate))),
           eps = static_cast<S>(r.epsilon);
-  return theta.unaryExpr([=](S t) {
-    return S(1) - std::min(S(1) - eps, std::max(eps, detail::sigmoid(-shift - t * inv)));
-  });
+  return theta.unaryExpr(
+      [=](S t) { return S(1) - std::min(S(1) - eps, std::max(eps, detail::sigmoid(-shift - t * inv))); });
 }
 
 /// @brief \f$ \partial \f$ reference_prob_nonzero() \f$ / \partial\theta \f$ (0 where the clip is active).
 template <class D>
-typename D::PlainObject reference_prob_nonzero_grad(const ReferenceGates& r, const Eigen::ArrayBase<D>& theta) {
+typename D::PlainObject reference_prob_nonzero_grad(const ReferenceGates& r,
+                                                    const Eigen::ArrayBase<D>& theta) {
   using S = typename D::Scalar;
   detail::check_reference_gates(r);
   detail::check_logits(theta, "reference_prob_nonzero_grad");
@@ -282,7 +292,8 @@ typename D::Scalar reference_expected_sparsity(const ReferenceGates& r, const Ei
 /// @param num_zeros how many gates to zero; negative = round(Σ (1 − P(z ≠ 0))), the expected
 ///        number of zeros (the reference's default when no target size is given)
 template <class D>
-typename D::PlainObject reference_deterministic_gates(const ReferenceGates& r, const Eigen::ArrayBase<D>& theta,
+typename D::PlainObject reference_deterministic_gates(const ReferenceGates& r,
+                                                      const Eigen::ArrayBase<D>& theta,
                                                       Index num_zeros = -1) {
   using S = typename D::Scalar;
   detail::check_reference_gates(r);
@@ -293,8 +304,9 @@ typename D::PlainObject reference_deterministic_gates(const ReferenceGates& r, c
     const S expected_zeros = static_cast<S>(theta.size()) - reference_prob_nonzero(r, theta).sum();
     num_zeros = static_cast<Index>(std::llround(static_cast<double>(expected_zeros)));
   }
-  HEADALIGN_CHECK(num_zeros <= theta.size(), "reference_deterministic_gates: num_zeros (" << num_zeros << ") exceeds the "
-                                                                                         << theta.size() << " gates");
+  HEADALIGN_CHECK(num_zeros <= theta.size(), "reference_deterministic_gates: num_zeros ("
+                                                 << num_zeros << ") exceeds the " << theta.size()
+                                                 << " gates");
   std::vector<Index> idx(static_cast<std::size_t>(z.size()));
   std::iota(idx.begin(), idx.end(), Index(0));
   std::stable_sort(idx.begin(), idx.end(), [&](Index a, Index b) { return z.coeff(a) < z.coeff(b); });
@@ -309,7 +321,8 @@ inline double reference_sparsity_loss(double expected, double target, double eps
   return gap + (gap + epsilon) * (gap + epsilon);
 }
 
-/// @brief \f$ \partial \f$ reference_sparsity_loss() \f$ / \partial e = \mathrm{sign}(e - t)(1 + 2(|e - t| + \epsilon)) \f$.
+/// @brief \f$ \partial \f$ reference_sparsity_loss() \f$ / \partial e = \mathrm{sign}(e - t)(1 + 2(|e - t| +
+/// \epsilon)) \f$.
 inline double reference_sparsity_loss_grad(double expected, double target, double epsilon = 1e-6) {
   const double diff = expected - target;
   const double sign = diff > 0 ? 1.0 : (diff < 0 ? -1.0 : 0.0);
@@ -329,7 +342,8 @@ inline double reference_target_sparsity(long long step, long long total_steps, d
 
 /// @brief Whether the reference forces every gate off at @p step (after @p off_fraction of the steps, 80 %).
 inline bool reference_gates_forced_off(long long step, long long total_steps, double off_fraction = 0.8) {
-  HEADALIGN_CHECK(total_steps > 0 && step >= 0, "reference_gates_forced_off: need step ≥ 0 and total_steps > 0");
+  HEADALIGN_CHECK(total_steps > 0 && step >= 0,
+                  "reference_gates_forced_off: need step ≥ 0 and total_steps > 0");
   return static_cast<double>(step) >= off_fraction * static_cast<double>(total_steps);
 }
 
@@ -351,7 +365,8 @@ class GateSampler {
     for (Index i = 0; i < u.size(); ++i) {
       // Rounding to a narrower type must not reach 0 or 1.
       const S x = static_cast<S>(uniform());
-      u.coeffRef(i) = std::min(std::max(x, std::numeric_limits<S>::min()), S(1) - std::numeric_limits<S>::epsilon() / 2);
+      u.coeffRef(i) =
+          std::min(std::max(x, std::numeric_limits<S>::min()), S(1) - std::numeric_limits<S>::epsilon() / 2);
     }
     return u;
   }

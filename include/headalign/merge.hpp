@@ -24,7 +24,8 @@ namespace detail {
 /// Checks per-KV-head merge weights: size, finite, non-negative, positive sum in every group.
 template <class S>
 void check_merge_weights(const Vector<S>& weights, Index kv_heads, Index group_size, const char* what) {
-  HEADALIGN_CHECK(weights.size() == kv_heads, what << " has " << weights.size() << " entries for " << kv_heads << " KV heads");
+  HEADALIGN_CHECK(weights.size() == kv_heads,
+                  what << " has " << weights.size() << " entries for " << kv_heads << " KV heads");
   detail::check_finite(weights, what);
   HEADALIGN_CHECK((weights.array() >= S(0)).all(), what << " must be non-negative");
   for (Index g = 0; g < kv_heads / group_size; ++g)
@@ -67,10 +68,13 @@ AttentionWeights<S> merge_to_gqa(const AttentionWeights<S>& w, Index num_groups,
                                  const typename AttentionWeights<S>::Vec& value_weights = {}) {
   w.validate();
   HEADALIGN_CHECK(num_groups > 0 && w.num_kv_heads % num_groups == 0,
-                  "merge_to_gqa: num_kv_heads (" << w.num_kv_heads << ") is not divisible by num_groups (" << num_groups << ")");
+                  "merge_to_gqa: num_kv_heads (" << w.num_kv_heads << ") is not divisible by num_groups ("
+                                                 << num_groups << ")");
   const Index d = w.head_dim, k = w.num_kv_heads / num_groups;
-  if (key_weights.size() != 0) detail::check_merge_weights(key_weights, w.num_kv_heads, k, "merge_to_gqa: key_weights");
-  if (value_weights.size() != 0) detail::check_merge_weights(value_weights, w.num_kv_heads, k, "merge_to_gqa: value_weights");
+  if (key_weights.size() != 0)
+    detail::check_merge_weights(key_weights, w.num_kv_heads, k, "merge_to_gqa: key_weights");
+  if (value_weights.size() != 0)
+    detail::check_merge_weights(value_weights, w.num_kv_heads, k, "merge_to_gqa: value_weights");
 
   using Rows = typename AttentionWeights<S>::Rows;
   using Vec = typename AttentionWeights<S>::Vec;

@@ -27,8 +27,9 @@ void check_merge_groups(const HeadGram<S>& g, const std::vector<std::vector<Inde
   HEADALIGN_CHECK(rotations.empty() || static_cast<Index>(rotations.size()) == h,
                   "predicted_merge_error: " << rotations.size() << " rotations for " << h << " heads");
   for (const auto& r : rotations)
-    HEADALIGN_CHECK(r.rows() == d && r.cols() == d,
-                    "predicted_merge_error: a rotation is " << r.rows() << " × " << r.cols() << ", expected " << d << " × " << d);
+    HEADALIGN_CHECK(r.rows() == d && r.cols() == d, "predicted_merge_error: a rotation is "
+                                                        << r.rows() << " × " << r.cols() << ", expected " << d
+                                                        << " × " << d);
   HeadSet heads(h, "predicted_merge_error");
   for (const auto& grp : groups) {
     HEADALIGN_CHECK(!grp.empty(), "predicted_merge_error: a group is empty");
@@ -97,10 +98,12 @@ MergeError<S> predicted_merge_error(const HeadGram<S>& g, const std::vector<std:
         if (rotations.empty()) {
           ctu = t == u ? g.trace(grp[t]) : g.block(grp[t], grp[u]).trace();
         } else {
-          detail::gemm<S>(g.block(grp[t], grp[u]), rotations[static_cast<std::size_t>(grp[u])], S(0), product);
+          detail::gemm<S>(g.block(grp[t], grp[u]), rotations[static_cast<std::size_t>(grp[u])], S(0),
+                          product);
           ctu = product.cwiseProduct(rotations[static_cast<std::size_t>(grp[t])]).sum();
         }
-        c(static_cast<Index>(t), static_cast<Index>(u)) = c(static_cast<Index>(u), static_cast<Index>(t)) = ctu;
+        c(static_cast<Index>(t), static_cast<Index>(u)) = c(static_cast<Index>(u), static_cast<Index>(t)) =
+            ctu;
       }
     const S mean_sq = w.dot(c * w) / (total_w * total_w);
     const Vector<S> cross = c * w / total_w;
@@ -131,17 +134,19 @@ MergeError<S> predicted_merge_error(const HeadGram<S>& g, const std::vector<std:
 /// @throws invalid_argument for out-of-range or repeated heads, wrong sizes, an empty Gram
 template <class S>
 MergeError<S> predicted_merge_error(const HeadGram<S>& g, const std::vector<std::vector<Index>>& groups,
-                                    const std::vector<Matrix<S>>& rotations, const std::vector<Matrix<S>>& mixing,
+                                    const std::vector<Matrix<S>>& rotations,
+                                    const std::vector<Matrix<S>>& mixing,
                                     const std::vector<Matrix<S>>& metrics) {
   const Index h = g.num_heads(), d = g.head_dim();
   detail::check_merge_groups(g, groups, rotations);
   for (const auto* v : {&mixing, &metrics}) {
-    HEADALIGN_CHECK(v->empty() || static_cast<Index>(v->size()) == h,
-                    "predicted_merge_error: " << v->size() << " mixing or metric matrices for " << h << " heads");
+    HEADALIGN_CHECK(
+        v->empty() || static_cast<Index>(v->size()) == h,
+        "predicted_merge_error: " << v->size() << " mixing or metric matrices for " << h << " heads");
     for (const auto& m : *v)
-      HEADALIGN_CHECK(m.rows() == d && m.cols() == d, "predicted_merge_error: a mixing or metric matrix is " << m.rows() << " × "
-                                                                                                         << m.cols() << ", expected " << d
-                                                                                                         << " × " << d);
+      HEADALIGN_CHECK(m.rows() == d && m.cols() == d, "predicted_merge_error: a mixing or metric matrix is "
+                                                          << m.rows() << " × " << m.cols() << ", expected "
+                                                          << d << " × " << d);
   }
   const S n = static_cast<S>(g.tokens());
   MergeError<S> err;
@@ -154,7 +159,8 @@ MergeError<S> predicted_merge_error(const HeadGram<S>& g, const std::vector<std:
       return rotations.empty() ? Matrix<S>::Identity(d, d) : rotations[static_cast<std::size_t>(grp[t])];
     };
     auto mix = [&](std::size_t t) -> Matrix<S> {
-      return mixing.empty() ? Matrix<S>(Matrix<S>::Identity(d, d) / static_cast<S>(k)) : mixing[static_cast<std::size_t>(grp[t])];
+      return mixing.empty() ? Matrix<S>(Matrix<S>::Identity(d, d) / static_cast<S>(k))
+                            : mixing[static_cast<std::size_t>(grp[t])];
     };
     std::vector<Matrix<S>> p(k, Matrix<S>::Zero(d, d)), diag(k);
     for (std::size_t t = 0; t < k; ++t)
@@ -167,8 +173,11 @@ MergeError<S> predicted_merge_error(const HeadGram<S>& g, const std::vector<std:
     for (std::size_t u = 0; u < k; ++u) q.noalias() += mix(u) * p[u];
     for (std::size_t t = 0; t < k; ++t) {
       const Matrix<S> c = diag[t] - p[t] - p[t].transpose() + q;
-      const S e = metrics.empty() ? c.trace() : (metrics[static_cast<std::size_t>(grp[t])].cwiseProduct(c)).sum();
-      const S energy = metrics.empty() ? diag[t].trace() : (metrics[static_cast<std::size_t>(grp[t])].cwiseProduct(diag[t])).sum();
+      const S e =
+          metrics.empty() ? c.trace() : (metrics[static_cast<std::size_t>(grp[t])].cwiseProduct(c)).sum();
+      const S energy = metrics.empty()
+                           ? diag[t].trace()
+                           : (metrics[static_cast<std::size_t>(grp[t])].cwiseProduct(diag[t])).sum();
       err.per_head(grp[t]) = std::max(S(0), e / n);
       err.per_group(static_cast<Index>(gi)) += err.per_head(grp[t]);
       err.energy += energy / n;

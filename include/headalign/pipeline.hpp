@@ -48,17 +48,18 @@ struct PlanOptions {
 /// @brief What plan_layer() decided, in the form apply_alignment() and merge_to_gqa() take.
 template <class S>
 struct LayerPlan {
-  Grouping grouping;          ///< groups of original head indices; group c becomes KV head c
-  Matrix<S> similarity;       ///< the H × H similarity that grouped the heads (empty for GroupBy::None)
-  std::vector<Index> order;   ///< new head p is old head order[p] (the groups, concatenated)
+  Grouping grouping;         ///< groups of original head indices; group c becomes KV head c
+  Matrix<S> similarity;      ///< the H × H similarity that grouped the heads (empty for GroupBy::None)
+  std::vector<Index> order;  ///< new head p is old head order[p] (the groups, concatenated)
   std::vector<Matrix<S>> key_rotations;    ///< per new head
   std::vector<Matrix<S>> value_rotations;  ///< per new head
   std::vector<GpaResult<S>> key_gpa;       ///< per group: iterations, converged, objective
   std::vector<GpaResult<S>> value_gpa;     ///< per group
   MergeError<S> key_error;    ///< predicted merge error of the keys, per original head (from the key Gram)
   MergeError<S> value_error;  ///< predicted merge error of the values
-  Alignment key_alignment = Alignment::None;  ///< the options' key alignment (for convert_layer's RoPE default)
-  RopeSpec rope = {};                         ///< the options' RoPE spec
+  Alignment key_alignment =
+      Alignment::None;  ///< the options' key alignment (for convert_layer's RoPE default)
+  RopeSpec rope = {};   ///< the options' RoPE spec
   /// Whether every GPA converged.
   bool converged() const {
     for (const auto& r : key_gpa)
@@ -83,16 +84,19 @@ template <class S>
 LayerPlan<S> plan_layer(const HeadGram<S>& keys, const HeadGram<S>& values, const PlanOptions& options) {
   const Index h = keys.num_heads(), d = keys.head_dim();
   HEADALIGN_CHECK(values.num_heads() == h && values.head_dim() == d,
-                  "plan_layer: key Gram is " << h << " heads × " << d << " but value Gram is " << values.num_heads()
-                                             << " × " << values.head_dim());
-  HEADALIGN_CHECK(keys.tokens() > 0 && values.tokens() > 0, "plan_layer: the key or value Gram holds no tokens");
-  HEADALIGN_CHECK(options.num_groups > 0 && h % options.num_groups == 0,
-                  "plan_layer: num_heads (" << h << ") is not divisible by num_groups (" << options.num_groups << ")");
+                  "plan_layer: key Gram is " << h << " heads × " << d << " but value Gram is "
+                                             << values.num_heads() << " × " << values.head_dim());
+  HEADALIGN_CHECK(keys.tokens() > 0 && values.tokens() > 0,
+                  "plan_layer: the key or value Gram holds no tokens");
+  HEADALIGN_CHECK(
+      options.num_groups > 0 && h % options.num_groups == 0,
+      "plan_layer: num_heads (" << h << ") is not divisible by num_groups (" << options.num_groups << ")");
   LayerPlan<S> plan;
   plan.key_alignment = options.key_alignment;
   plan.rope = options.rope;
   switch (options.group_by) {
-    case GroupBy::None: break;
+    case GroupBy::None:
+      break;
     case GroupBy::Key:
       plan.similarity = similarity_matrix(keys, options.key_alignment, options.metric, options.rope);
       break;
@@ -100,12 +104,13 @@ LayerPlan<S> plan_layer(const HeadGram<S>& keys, const HeadGram<S>& values, cons
       plan.similarity = similarity_matrix(values, options.value_alignment, options.metric, options.rope);
       break;
     case GroupBy::Joint:
-      plan.similarity = joint_similarity(keys, options.key_alignment, values, options.value_alignment, options.metric,
-                                         options.rope);
+      plan.similarity = joint_similarity(keys, options.key_alignment, values, options.value_alignment,
+                                         options.metric, options.rope);
       break;
   }
-  plan.grouping = options.group_by == GroupBy::None ? group_contiguous(h, options.num_groups)
-                                                    : group_heads(plan.similarity, options.num_groups, options.grouping);
+  plan.grouping = options.group_by == GroupBy::None
+                      ? group_contiguous(h, options.num_groups)
+                      : group_heads(plan.similarity, options.num_groups, options.grouping);
   std::vector<Matrix<S>> key_by_head(static_cast<std::size_t>(h)), value_by_head(static_cast<std::size_t>(h));
   for (const auto& grp : plan.grouping.groups) {
     plan.key_gpa.push_back(align_group(keys, grp, options.key_alignment, options.rope, options.gpa));
@@ -164,22 +169,26 @@ PreparedMerge<S> prepare_merge(AttentionWeights<S> layer, const LayerPlan<S>& pl
   apply_alignment(p.aligned, plan.order, plan.key_rotations, plan.value_rotations);
   if (queries) {
     HEADALIGN_CHECK(queries->num_heads() == w.num_heads && queries->head_dim() == w.head_dim,
-                    "convert_layer: query moments are " << queries->num_heads() << " heads × " << queries->head_dim()
-                                                        << " but the layer has " << w.num_heads << " × " << w.head_dim);
-    const std::optional<RopeSpec> rope =
-        merge.rope ? merge.rope : plan.key_alignment == Alignment::Rope ? std::optional<RopeSpec>(plan.rope) : std::nullopt;
+                    "convert_layer: query moments are " << queries->num_heads() << " heads × "
+                                                        << queries->head_dim() << " but the layer has "
+                                                        << w.num_heads << " × " << w.head_dim);
+    const std::optional<RopeSpec> rope = merge.rope ? merge.rope
+                                         : plan.key_alignment == Alignment::Rope
+                                             ? std::optional<RopeSpec>(plan.rope)
+                                             : std::nullopt;
     p.key_metrics = query_metrics(*queries, w.num_heads, rope, plan.order, plan.key_rotations);
   }
   if (assess || merge.weighting == MergeWeighting::OutputAware || merge.weighting == MergeWeighting::Full)
     p.value_metrics = output_metrics(p.aligned);
-  p.mixing = merge_mixing(p.aligned, static_cast<Index>(plan.grouping.groups.size()), merge, p.key_metrics, p.value_metrics);
+  p.mixing = merge_mixing(p.aligned, static_cast<Index>(plan.grouping.groups.size()), merge, p.key_metrics,
+                          p.value_metrics);
   return p;
 }
 
 // The predicted errors of a prepared merge (see assess_merge()).
 template <class S>
-MergeAssessment<S> assess_prepared(const HeadGram<S>& keys, const HeadGram<S>& values, const LayerPlan<S>& plan,
-                                   const PreparedMerge<S>& p) {
+MergeAssessment<S> assess_prepared(const HeadGram<S>& keys, const HeadGram<S>& values,
+                                   const LayerPlan<S>& plan, const PreparedMerge<S>& p) {
   const std::size_t h = plan.order.size();
   // Everything by original head index, as the Grams and the groups are.
   auto by_head = [&](const std::vector<Matrix<S>>& per_new) {
@@ -192,11 +201,13 @@ MergeAssessment<S> assess_prepared(const HeadGram<S>& keys, const HeadGram<S>& v
   const auto key_rot = by_head(plan.key_rotations), value_rot = by_head(plan.value_rotations);
   const auto out_metrics = by_head(p.value_metrics);
   MergeAssessment<S> a;
-  a.value_output = predicted_merge_error(values, plan.grouping.groups, value_rot, by_head(p.mixing.value), out_metrics);
+  a.value_output =
+      predicted_merge_error(values, plan.grouping.groups, value_rot, by_head(p.mixing.value), out_metrics);
   a.value_output_mean = predicted_merge_error(values, plan.grouping.groups, value_rot, {}, out_metrics);
   if (!p.key_metrics.empty()) {
     const auto q_metrics = by_head(p.key_metrics);
-    a.key_logit = predicted_merge_error(keys, plan.grouping.groups, key_rot, by_head(p.mixing.key), q_metrics);
+    a.key_logit =
+        predicted_merge_error(keys, plan.grouping.groups, key_rot, by_head(p.mixing.key), q_metrics);
     a.key_logit_mean = predicted_merge_error(keys, plan.grouping.groups, key_rot, {}, q_metrics);
   }
   return a;
@@ -216,8 +227,8 @@ MergeAssessment<S> assess_prepared(const HeadGram<S>& keys, const HeadGram<S>& v
 /// @note @p w is taken by value: `convert_layer(std::move(w), plan)` aligns in w's storage
 ///       instead of a copy (the language bindings do so).
 template <class S>
-AttentionWeights<S> convert_layer(AttentionWeights<S> w, const LayerPlan<S>& plan, const MergeOptions& merge = {},
-                                  const HeadMoments<S>* queries = nullptr) {
+AttentionWeights<S> convert_layer(AttentionWeights<S> w, const LayerPlan<S>& plan,
+                                  const MergeOptions& merge = {}, const HeadMoments<S>* queries = nullptr) {
   const detail::PreparedMerge<S> p = detail::prepare_merge(std::move(w), plan, merge, queries, false);
   return merge_to_gqa(p.aligned, static_cast<Index>(plan.grouping.groups.size()), p.mixing);
 }
@@ -226,9 +237,9 @@ AttentionWeights<S> convert_layer(AttentionWeights<S> w, const LayerPlan<S>& pla
 /// convert_layer(@p w, @p plan, @p merge, @p queries) and of the plain mean (predicted_merge_error()
 /// with mixing and metric matrices).
 template <class S>
-MergeAssessment<S> assess_merge(const HeadGram<S>& keys, const HeadGram<S>& values, const AttentionWeights<S>& w,
-                                const LayerPlan<S>& plan, const MergeOptions& merge = {},
-                                const HeadMoments<S>* queries = nullptr) {
+MergeAssessment<S> assess_merge(const HeadGram<S>& keys, const HeadGram<S>& values,
+                                const AttentionWeights<S>& w, const LayerPlan<S>& plan,
+                                const MergeOptions& merge = {}, const HeadMoments<S>* queries = nullptr) {
   return detail::assess_prepared(keys, values, plan, detail::prepare_merge(w, plan, merge, queries, true));
 }
 
@@ -236,8 +247,9 @@ MergeAssessment<S> assess_merge(const HeadGram<S>& keys, const HeadGram<S>& valu
 /// metrics and mixing once: the aligned layer, the merged layer and the assessment.
 /// @p w is taken by value, as in convert_layer().
 template <class S>
-ConvertedLayer<S> convert_and_assess(const HeadGram<S>& keys, const HeadGram<S>& values, AttentionWeights<S> w,
-                                     const LayerPlan<S>& plan, const MergeOptions& merge = {},
+ConvertedLayer<S> convert_and_assess(const HeadGram<S>& keys, const HeadGram<S>& values,
+                                     AttentionWeights<S> w, const LayerPlan<S>& plan,
+                                     const MergeOptions& merge = {},
                                      const HeadMoments<S>* queries = nullptr) {
   detail::PreparedMerge<S> p = detail::prepare_merge(std::move(w), plan, merge, queries, true);
   ConvertedLayer<S> out;

@@ -48,7 +48,7 @@ enum class PolarMethod {
   JacobiSvd,  ///< Eigen::JacobiSVD (two-sided Jacobi: most accurate, slowest)
   BdcSvd,     ///< Eigen::BDCSVD (divide and conquer); needs HEADALIGN_ENABLE_BDCSVD, see below
   Gesdd,      ///< LAPACK ?gesdd through LAPACKE (needs HEADALIGN_USE_LAPACKE, else falls back to JacobiSvd)
-  Newton      ///< scaled Newton iteration X ← (ζX + ζ⁻¹X⁻ᵀ)/2; falls back to an SVD when M is ill-conditioned
+  Newton  ///< scaled Newton iteration X ← (ζX + ζ⁻¹X⁻ᵀ)/2; falls back to an SVD when M is ill-conditioned
 };
 
 /// @brief Options of the Procrustes solvers.
@@ -81,7 +81,8 @@ inline PolarMethod svd_method(PolarMethod m, bool lapack_ok) {
 
 /// Full SVD M = U diag(sigma) Vᵀ of a square matrix, sigma descending.
 template <class S>
-void svd(const Matrix<S>& m, [[maybe_unused]] PolarMethod method, Matrix<S>& u, Vector<S>& sigma, Matrix<S>& v) {
+void svd(const Matrix<S>& m, [[maybe_unused]] PolarMethod method, Matrix<S>& u, Vector<S>& sigma,
+         Matrix<S>& v) {
 #ifdef HEADALIGN_USE_LAPACKE
   if constexpr (lapack_scalar<S>()) {
     if (method == PolarMethod::Gesdd) {
@@ -326,8 +327,8 @@ int normalize_exponent(Matrix<S>& m) {
 /// of two as normalize_exponent() would scale all of M, so the results are the same. With
 /// @p with_rotation false only the score is computed (procrustes_score()).
 template <class S>
-ProcrustesResult<S> rope_solution(const Eigen::Ref<const Matrix<S>>& m, const RopeSpec& rope, PolarMethod method,
-                                  bool with_rotation) {
+ProcrustesResult<S> rope_solution(const Eigen::Ref<const Matrix<S>>& m, const RopeSpec& rope,
+                                  PolarMethod method, bool with_rotation) {
   HEADALIGN_CHECK(m.rows() == m.cols(),
                   "Procrustes matrix M must be square (d × d), got " << m.rows() << " × " << m.cols());
   check_finite(m, "Procrustes matrix M");
@@ -437,7 +438,8 @@ typename Derived::Scalar procrustes_score(const Eigen::MatrixBase<Derived>& m, A
   // Without LAPACK the Newton polar factor R is several times faster than Eigen's SVDs, and
   // tr(RᵀM) is stationary in R at the optimum, so its error is second order in R's.
   // polar() takes the SVD itself for near-singular M and for det M < 0 under Rotation.
-  const bool newton = detail::resolve_method(options.method, detail::lapack_scalar<S>()) == PolarMethod::Newton;
+  const bool newton =
+      detail::resolve_method(options.method, detail::lapack_scalar<S>()) == PolarMethod::Newton;
   if (newton && (alignment == Alignment::Orthogonal || alignment == Alignment::Rotation))
     return std::ldexp(detail::polar(mm, alignment == Alignment::Rotation, PolarMethod::Newton).score, e);
   switch (alignment) {
@@ -483,11 +485,12 @@ ProcrustesResult<typename DA::Scalar> orthogonal_procrustes(const Eigen::MatrixB
 /// project with many units defines HEADALIGN_EXTERN_TEMPLATES for all of them and includes
 /// <headalign/instantiate.hpp> in exactly one (with the same HEADALIGN_USE_LAPACKE /
 /// HEADALIGN_ENABLE_BDCSVD settings everywhere).
-#define HEADALIGN_PROCRUSTES_INSTANTIATIONS(EXTERN, S)                                                        \
-  EXTERN template void headalign::detail::svd<S>(const Matrix<S>&, PolarMethod, Matrix<S>&, Vector<S>&, Matrix<S>&); \
-  EXTERN template Vector<S> headalign::detail::singular_values<S>(const Matrix<S>&, PolarMethod);              \
-  EXTERN template int headalign::detail::det_sign<S>(const Matrix<S>&);                                        \
-  EXTERN template bool headalign::detail::newton_polar<S>(const Matrix<S>&, Matrix<S>&, int&);                 \
+#define HEADALIGN_PROCRUSTES_INSTANTIATIONS(EXTERN, S)                                                  \
+  EXTERN template void headalign::detail::svd<S>(const Matrix<S>&, PolarMethod, Matrix<S>&, Vector<S>&, \
+                                                 Matrix<S>&);                                           \
+  EXTERN template Vector<S> headalign::detail::singular_values<S>(const Matrix<S>&, PolarMethod);       \
+  EXTERN template int headalign::detail::det_sign<S>(const Matrix<S>&);                                 \
+  EXTERN template bool headalign::detail::newton_polar<S>(const Matrix<S>&, Matrix<S>&, int&);          \
   EXTERN template ProcrustesResult<S> headalign::detail::polar<S>(const Matrix<S>&, bool, PolarMethod);
 
 #if defined(HEADALIGN_EXTERN_TEMPLATES) && !defined(HEADALIGN_INSTANTIATE)

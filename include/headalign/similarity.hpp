@@ -45,7 +45,8 @@ enum class Metric {
 template <class S>
 Matrix<S> similarity_matrix(const HeadGram<S>& g, Alignment alignment, Metric metric, RopeSpec rope = {},
                             ProcrustesOptions options = {}) {
-  HEADALIGN_CHECK(g.tokens() > 0, "similarity_matrix: the HeadGram holds no tokens (no calibration data was added)");
+  HEADALIGN_CHECK(g.tokens() > 0,
+                  "similarity_matrix: the HeadGram holds no tokens (no calibration data was added)");
   const Index h = g.num_heads();
   if (alignment == Alignment::Rope) rotary_dims(rope, g.head_dim());  // validate once, up front
   const S n = static_cast<S>(g.tokens());
@@ -91,8 +92,10 @@ Matrix<S> similarity_matrix(const HeadGram<S>& g, Alignment alignment, Metric me
         for (int l = 0; l < count; ++l) {
           const auto& sv = sigma[static_cast<std::size_t>(l)];
           S s = sv.sum();
-          if (alignment == Alignment::Rotation && sign[static_cast<std::size_t>(l)] < 0) s -= S(2) * sv(d - 1);
-          store(pairs[done + static_cast<std::size_t>(l)].first, pairs[done + static_cast<std::size_t>(l)].second, s);
+          if (alignment == Alignment::Rotation && sign[static_cast<std::size_t>(l)] < 0)
+            s -= S(2) * sv(d - 1);
+          store(pairs[done + static_cast<std::size_t>(l)].first,
+                pairs[done + static_cast<std::size_t>(l)].second, s);
         }
         done += static_cast<std::size_t>(count);
       }
@@ -116,8 +119,8 @@ template <class S>
 Matrix<S> joint_similarity(const HeadGram<S>& keys, Alignment key_alignment, const HeadGram<S>& values,
                            Alignment value_alignment, Metric metric, RopeSpec rope = {},
                            ProcrustesOptions options = {}) {
-  HEADALIGN_CHECK(keys.num_heads() == values.num_heads(), "key Gram has " << keys.num_heads()
-                                                                          << " heads but value Gram has " << values.num_heads());
+  HEADALIGN_CHECK(keys.num_heads() == values.num_heads(),
+                  "key Gram has " << keys.num_heads() << " heads but value Gram has " << values.num_heads());
   return similarity_matrix(keys, key_alignment, metric, rope, options) +
          similarity_matrix(values, value_alignment, metric, rope, options);
 }

@@ -75,15 +75,17 @@ struct AttentionWeights {
   void validate() const {
     HEADALIGN_CHECK(num_heads > 0 && num_kv_heads > 0 && head_dim > 0,
                     "AttentionWeights: num_heads (" << num_heads << "), num_kv_heads (" << num_kv_heads
-                                                    << ") and head_dim (" << head_dim << ") must be positive");
-    HEADALIGN_CHECK(num_heads % num_kv_heads == 0, "AttentionWeights: num_heads (" << num_heads
-                                                       << ") is not divisible by num_kv_heads (" << num_kv_heads << ")");
+                                                    << ") and head_dim (" << head_dim
+                                                    << ") must be positive");
+    HEADALIGN_CHECK(num_heads % num_kv_heads == 0, "AttentionWeights: num_heads ("
+                                                       << num_heads << ") is not divisible by num_kv_heads ("
+                                                       << num_kv_heads << ")");
     const Index hidden = q.cols();
     HEADALIGN_CHECK(hidden > 0, "AttentionWeights: q has no columns (hidden size 0)");
     auto check_shape = [&](const Rows& m, Index rows, Index cols, const char* name) {
-      HEADALIGN_CHECK(m.rows() == rows && m.cols() == cols, "AttentionWeights: " << name << " is " << m.rows() << " × "
-                                                                                  << m.cols() << ", expected " << rows
-                                                                                  << " × " << cols);
+      HEADALIGN_CHECK(m.rows() == rows && m.cols() == cols,
+                      "AttentionWeights: " << name << " is " << m.rows() << " × " << m.cols() << ", expected "
+                                           << rows << " × " << cols);
       detail::check_finite(m, name);
     };
     check_shape(q, num_heads * head_dim, hidden, "q");
@@ -91,8 +93,9 @@ struct AttentionWeights {
     check_shape(v, num_kv_heads * head_dim, hidden, "v");
     check_shape(o, hidden, num_heads * head_dim, "o");
     auto check_bias = [&](const Vec& b, Index size, const char* name) {
-      HEADALIGN_CHECK(b.size() == 0 || b.size() == size,
-                      "AttentionWeights: " << name << " has " << b.size() << " entries, expected 0 or " << size);
+      HEADALIGN_CHECK(b.size() == 0 || b.size() == size, "AttentionWeights: " << name << " has " << b.size()
+                                                                              << " entries, expected 0 or "
+                                                                              << size);
       detail::check_finite(b, name);
     };
     check_bias(q_bias, num_heads * head_dim, "q_bias");
@@ -104,15 +107,19 @@ struct AttentionWeights {
 
 namespace detail {
 
-/// Throws unless every matrix is d × d, finite and orthogonal to within √ε·d (an empty list means identities).
+/// Throws unless every matrix is d × d, finite and orthogonal to within √ε·d (an empty list means
+/// identities).
 template <class S>
 void check_rotations(const std::vector<Matrix<S>>& r, Index n, Index d, const char* what) {
   if (r.empty()) return;
-  HEADALIGN_CHECK(static_cast<Index>(r.size()) == n, what << ": " << r.size() << " matrices for " << n << " heads");
-  const double tol = std::sqrt(static_cast<double>(std::numeric_limits<S>::epsilon())) * static_cast<double>(d);
+  HEADALIGN_CHECK(static_cast<Index>(r.size()) == n,
+                  what << ": " << r.size() << " matrices for " << n << " heads");
+  const double tol =
+      std::sqrt(static_cast<double>(std::numeric_limits<S>::epsilon())) * static_cast<double>(d);
   for (std::size_t p = 0; p < r.size(); ++p) {
-    HEADALIGN_CHECK(r[p].rows() == d && r[p].cols() == d,
-                    what << "[" << p << "] is " << r[p].rows() << " × " << r[p].cols() << ", expected " << d << " × " << d);
+    HEADALIGN_CHECK(r[p].rows() == d && r[p].cols() == d, what << "[" << p << "] is " << r[p].rows() << " × "
+                                                               << r[p].cols() << ", expected " << d << " × "
+                                                               << d);
     detail::check_finite(r[p], what);
     const double err =
         static_cast<double>((r[p].transpose() * r[p] - Matrix<S>::Identity(d, d)).cwiseAbs().maxCoeff());
@@ -126,11 +133,11 @@ void check_rotations(const std::vector<Matrix<S>>& r, Index n, Index d, const ch
 ///
 /// New head p is old head `order[p]`. With \f$ R_p \f$ = `key_rotations[p]` and \f$ S_p \f$ =
 /// `value_rotations[p]` (d × d, orthogonal):
-/// \f$ W_{q,p} \leftarrow R_p^\top W_{q,\mathrm{order}[p]} \f$, \f$ W_{k,p} \leftarrow R_p^\top W_{k,\mathrm{order}[p]} \f$,
-/// \f$ W_{v,p} \leftarrow S_p^\top W_{v,\mathrm{order}[p]} \f$, \f$ W_{o}[:,p] \leftarrow W_o[:,\mathrm{order}[p]]\, S_p \f$,
-/// and the q/k/v biases likewise (\f$ b \leftarrow R_p^\top b \f$); the o bias is unchanged.
-/// The new head p's keys are then \f$ K_{\mathrm{order}[p]} R_p \f$ — a GpaResult's rotations
-/// map heads into their group's common frame exactly in this sense.
+/// \f$ W_{q,p} \leftarrow R_p^\top W_{q,\mathrm{order}[p]} \f$, \f$ W_{k,p} \leftarrow R_p^\top
+/// W_{k,\mathrm{order}[p]} \f$, \f$ W_{v,p} \leftarrow S_p^\top W_{v,\mathrm{order}[p]} \f$, \f$ W_{o}[:,p]
+/// \leftarrow W_o[:,\mathrm{order}[p]]\, S_p \f$, and the q/k/v biases likewise (\f$ b \leftarrow R_p^\top b
+/// \f$); the o bias is unchanged. The new head p's keys are then \f$ K_{\mathrm{order}[p]} R_p \f$ — a
+/// GpaResult's rotations map heads into their group's common frame exactly in this sense.
 ///
 /// The layer computes the same function afterwards provided each key rotation commutes with the
 /// model's positional encoding: any orthogonal R without RoPE (BERT), block rotations per RoPE
@@ -144,11 +151,13 @@ void check_rotations(const std::vector<Matrix<S>>& r, Index n, Index d, const ch
 ///         S; @p w is unchanged then.
 template <class S>
 void apply_alignment(AttentionWeights<S>& w, const std::vector<Index>& order,
-                     const std::vector<Matrix<S>>& key_rotations, const std::vector<Matrix<S>>& value_rotations) {
+                     const std::vector<Matrix<S>>& key_rotations,
+                     const std::vector<Matrix<S>>& value_rotations) {
   w.validate();
   const Index h = w.num_heads, d = w.head_dim;
-  HEADALIGN_CHECK(w.num_kv_heads == h, "apply_alignment: the layer already has " << w.num_kv_heads << " KV heads for "
-                                                                                 << h << " query heads; alignment needs MHA");
+  HEADALIGN_CHECK(w.num_kv_heads == h, "apply_alignment: the layer already has "
+                                           << w.num_kv_heads << " KV heads for " << h
+                                           << " query heads; alignment needs MHA");
   std::vector<Index> perm = order;
   if (perm.empty())
     for (Index p = 0; p < h; ++p) perm.push_back(p);
@@ -159,23 +168,27 @@ void apply_alignment(AttentionWeights<S>& w, const std::vector<Index>& order,
   using Rows = typename AttentionWeights<S>::Rows;
   using Vec = typename AttentionWeights<S>::Vec;
   // Exact identities (e.g. Alignment::None) are copies, not products.
-  std::vector<char> key_identity(static_cast<std::size_t>(h), 1), value_identity(static_cast<std::size_t>(h), 1);
+  std::vector<char> key_identity(static_cast<std::size_t>(h), 1),
+      value_identity(static_cast<std::size_t>(h), 1);
   for (std::size_t p = 0; p < key_rotations.size(); ++p) key_identity[p] = key_rotations[p].isIdentity(0);
-  for (std::size_t p = 0; p < value_rotations.size(); ++p) value_identity[p] = value_rotations[p].isIdentity(0);
+  for (std::size_t p = 0; p < value_rotations.size(); ++p)
+    value_identity[p] = value_rotations[p].isIdentity(0);
   // Rows of head block p of a [H·d, in] weight ← Rᵀ · (rows of head block order[p]).
-  auto transform_rows = [&](const Rows& src, const std::vector<Matrix<S>>& rot, const std::vector<char>& identity) {
+  auto transform_rows = [&](const Rows& src, const std::vector<Matrix<S>>& rot,
+                            const std::vector<char>& identity) {
     Rows out(src.rows(), src.cols());
     for (Index p = 0; p < h; ++p) {
       const auto from = src.middleRows(perm[static_cast<std::size_t>(p)] * d, d);
       if (identity[static_cast<std::size_t>(p)])
         out.middleRows(p * d, d) = from;
       else  // Rᵀ · from: R's column-major storage read row-major is Rᵀ
-        detail::gemm_row_major<S>(d, src.cols(), d, rot[static_cast<std::size_t>(p)].data(), d, from.data(), src.cols(), false,
-                                  out.data() + p * d * src.cols(), src.cols());
+        detail::gemm_row_major<S>(d, src.cols(), d, rot[static_cast<std::size_t>(p)].data(), d, from.data(),
+                                  src.cols(), false, out.data() + p * d * src.cols(), src.cols());
     }
     return out;
   };
-  auto transform_bias = [&](const Vec& src, const std::vector<Matrix<S>>& rot, const std::vector<char>& identity) {
+  auto transform_bias = [&](const Vec& src, const std::vector<Matrix<S>>& rot,
+                            const std::vector<char>& identity) {
     if (src.size() == 0) return Vec();
     Vec out(src.size());
     for (Index p = 0; p < h; ++p) {
@@ -193,13 +206,16 @@ void apply_alignment(AttentionWeights<S>& w, const std::vector<Index>& order,
     if (value_identity[static_cast<std::size_t>(p)])
       o.middleCols(p * d, d) = from;
     else  // from · R, with R given as the transpose of its row-major reading
-      detail::gemm_row_major<S>(w.o.rows(), d, d, from.data(), w.o.cols(), value_rotations[static_cast<std::size_t>(p)].data(), d,
-                                true, o.data() + p * d, o.cols());
+      detail::gemm_row_major<S>(w.o.rows(), d, d, from.data(), w.o.cols(),
+                                value_rotations[static_cast<std::size_t>(p)].data(), d, true,
+                                o.data() + p * d, o.cols());
   }
   // Everything is computed before anything is assigned: no half-transformed layer on error.
-  Rows q = transform_rows(w.q, key_rotations, key_identity), k = transform_rows(w.k, key_rotations, key_identity),
+  Rows q = transform_rows(w.q, key_rotations, key_identity),
+       k = transform_rows(w.k, key_rotations, key_identity),
        v = transform_rows(w.v, value_rotations, value_identity);
-  Vec qb = transform_bias(w.q_bias, key_rotations, key_identity), kb = transform_bias(w.k_bias, key_rotations, key_identity),
+  Vec qb = transform_bias(w.q_bias, key_rotations, key_identity),
+      kb = transform_bias(w.k_bias, key_rotations, key_identity),
       vb = transform_bias(w.v_bias, value_rotations, value_identity);
   detail::check_no_overflow<S>("apply_alignment", q, k, v, o, qb, kb, vb);
   w.q.swap(q);
@@ -229,7 +245,9 @@ bool is_rope_compatible(const Eigen::MatrixBase<D>& r, const RopeSpec& rope, dou
   for (Index j = 0; j < d; ++j)
     for (Index i = 0; i < d; ++i) {
       const bool ri = i < rd, rj = j < rd;
-      const bool allowed = (!ri && !rj) || (ri && rj && plane_of[static_cast<std::size_t>(i)] == plane_of[static_cast<std::size_t>(j)]);
+      const bool allowed =
+          (!ri && !rj) ||
+          (ri && rj && plane_of[static_cast<std::size_t>(i)] == plane_of[static_cast<std::size_t>(j)]);
       if (!allowed && std::abs(static_cast<double>(r(i, j))) > tolerance) return false;
     }
   for (const auto& p : planes) {

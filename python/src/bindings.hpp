@@ -37,10 +37,14 @@ enum class Dtype { F16, BF16, F32, F64 };
 
 inline const char* dtype_name(Dtype t) {
   switch (t) {
-    case Dtype::F16: return "float16";
-    case Dtype::BF16: return "bfloat16";
-    case Dtype::F32: return "float32";
-    case Dtype::F64: return "float64";
+    case Dtype::F16:
+      return "float16";
+    case Dtype::BF16:
+      return "bfloat16";
+    case Dtype::F32:
+      return "float32";
+    case Dtype::F64:
+      return "float64";
   }
   return "?";
 }
@@ -54,10 +58,12 @@ inline Dtype dtype_of(const Array& a, const char* what) {
       if (t.bits == 32) return Dtype::F32;
       if (t.bits == 64) return Dtype::F64;
     }
-    if (t.code == static_cast<std::uint8_t>(nb::dlpack::dtype_code::Bfloat) && t.bits == 16) return Dtype::BF16;
+    if (t.code == static_cast<std::uint8_t>(nb::dlpack::dtype_code::Bfloat) && t.bits == 16)
+      return Dtype::BF16;
   }
-  throw_value_error(std::string(what) + " must hold float16, bfloat16, float32 or float64 values (got dtype code " +
-                                 std::to_string(int(t.code)) + ", " + std::to_string(int(t.bits)) + " bits)");
+  throw_value_error(std::string(what) +
+                    " must hold float16, bfloat16, float32 or float64 values (got dtype code " +
+                    std::to_string(int(t.code)) + ", " + std::to_string(int(t.bits)) + " bits)");
 }
 
 template <class T>
@@ -69,10 +75,14 @@ struct Tag {
 template <class F>
 decltype(auto) with_element(Dtype t, F&& f) {
   switch (t) {
-    case Dtype::F16: return f(Tag<Eigen::half>{});
-    case Dtype::BF16: return f(Tag<Eigen::bfloat16>{});
-    case Dtype::F32: return f(Tag<float>{});
-    case Dtype::F64: break;
+    case Dtype::F16:
+      return f(Tag<Eigen::half>{});
+    case Dtype::BF16:
+      return f(Tag<Eigen::bfloat16>{});
+    case Dtype::F32:
+      return f(Tag<float>{});
+    case Dtype::F64:
+      break;
   }
   return f(Tag<double>{});
 }
@@ -93,7 +103,7 @@ using StridedMap = Eigen::Map<const Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dyna
 inline void check_ndim(const Array& a, std::size_t ndim, const char* what) {
   if (a.ndim() != ndim)
     throw_value_error(std::string(what) + " must be a " + std::to_string(ndim) + "-D array, got " +
-                                   std::to_string(a.ndim()) + "-D");
+                      std::to_string(a.ndim()) + "-D");
 }
 
 /// The shape of @p a as text, e.g. "(4, 8)".
@@ -106,7 +116,8 @@ inline std::string shape_text(const Array& a) {
 /// A zero-copy view of the 2-D array @p a of element type T.
 template <class T>
 StridedMap<T> view2(const Array& a) {
-  return StridedMap<T>(static_cast<const T*>(a.data()), static_cast<Index>(a.shape(0)), static_cast<Index>(a.shape(1)),
+  return StridedMap<T>(static_cast<const T*>(a.data()), static_cast<Index>(a.shape(0)),
+                       static_cast<Index>(a.shape(1)),
                        Eigen::Stride<Eigen::Dynamic, Eigen::Dynamic>(a.stride(1), a.stride(0)));
 }
 
@@ -130,12 +141,15 @@ Matrix<S> matrix(const Array& a, const char* what) {
 template <class S>
 Matrix<S> matrix_1d_or_2d(const Array& a, const char* what) {
   if (a.ndim() != 1 && a.ndim() != 2)
-    throw_value_error(std::string(what) + " must be a 1-D or 2-D array, got " + std::to_string(a.ndim()) + "-D");
+    throw_value_error(std::string(what) + " must be a 1-D or 2-D array, got " + std::to_string(a.ndim()) +
+                      "-D");
   return with_element(dtype_of(a, what), [&](auto tag) -> Matrix<S> {
     using T = typename decltype(tag)::type;
-    const Index rows = static_cast<Index>(a.shape(0)), cols = a.ndim() == 2 ? static_cast<Index>(a.shape(1)) : 1;
+    const Index rows = static_cast<Index>(a.shape(0)),
+                cols = a.ndim() == 2 ? static_cast<Index>(a.shape(1)) : 1;
     const Index inner = a.stride(0), outer = a.ndim() == 2 ? a.stride(1) : rows;
-    return StridedMap<T>(static_cast<const T*>(a.data()), rows, cols, Eigen::Stride<Eigen::Dynamic, Eigen::Dynamic>(outer, inner))
+    return StridedMap<T>(static_cast<const T*>(a.data()), rows, cols,
+                         Eigen::Stride<Eigen::Dynamic, Eigen::Dynamic>(outer, inner))
         .template cast<S>();
   });
 }
@@ -156,8 +170,9 @@ std::vector<Matrix<S>> matrices(const Array& a, const char* what) {
     std::vector<Matrix<S>> out;
     const T* base = static_cast<const T*>(a.data());
     for (std::size_t t = 0; t < a.shape(0); ++t)
-      out.push_back(StridedMap<T>(base + static_cast<std::ptrdiff_t>(t) * a.stride(0), static_cast<Index>(a.shape(1)),
-                                  static_cast<Index>(a.shape(2)), Eigen::Stride<Eigen::Dynamic, Eigen::Dynamic>(a.stride(2), a.stride(1)))
+      out.push_back(StridedMap<T>(base + static_cast<std::ptrdiff_t>(t) * a.stride(0),
+                                  static_cast<Index>(a.shape(1)), static_cast<Index>(a.shape(2)),
+                                  Eigen::Stride<Eigen::Dynamic, Eigen::Dynamic>(a.stride(2), a.stride(1)))
                         .template cast<S>());
     return out;
   });
@@ -168,8 +183,10 @@ template <class S>
 nb::object to_numpy(Matrix<S>&& m) {
   auto* owned = new Matrix<S>(std::move(m));
   nb::capsule owner(owned, [](void* p) noexcept { delete static_cast<Matrix<S>*>(p); });
-  const std::size_t rows = static_cast<std::size_t>(owned->rows()), cols = static_cast<std::size_t>(owned->cols());
-  return nb::ndarray<nb::numpy, S>(owned->data(), {rows, cols}, owner, {1, static_cast<std::int64_t>(rows)}).cast();
+  const std::size_t rows = static_cast<std::size_t>(owned->rows()),
+                    cols = static_cast<std::size_t>(owned->cols());
+  return nb::ndarray<nb::numpy, S>(owned->data(), {rows, cols}, owner, {1, static_cast<std::int64_t>(rows)})
+      .cast();
 }
 
 /// A 1-D NumPy array that takes over @p v.
@@ -188,8 +205,8 @@ nb::object stack(const std::vector<Matrix<S>>& ms) {
   auto* owned = new std::vector<S>(k * r * c);
   nb::capsule owner(owned, [](void* p) noexcept { delete static_cast<std::vector<S>*>(p); });
   for (std::size_t t = 0; t < k; ++t)
-    Eigen::Map<Eigen::Matrix<S, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>(owned->data() + t * r * c, static_cast<Index>(r),
-                                                                                 static_cast<Index>(c)) = ms[t];
+    Eigen::Map<Eigen::Matrix<S, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>(
+        owned->data() + t * r * c, static_cast<Index>(r), static_cast<Index>(c)) = ms[t];
   return nb::ndarray<nb::numpy, S>(owned->data(), {k, r, c}, owner).cast();
 }
 

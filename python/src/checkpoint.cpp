@@ -14,11 +14,13 @@ namespace {
 
 using namespace nb::literals;
 
-nb::object convert_checkpoint_py(const std::filesystem::path& model, const std::filesystem::path& output, Index kv_heads,
-                                 const std::optional<std::filesystem::path>& calibration, GroupBy group_by, Metric criterion,
-                                 std::optional<Alignment> keys, Alignment values, GroupingOptions::Method grouping,
-                                 GpaUpdate gpa, std::uint64_t seed, int threads, MergeWeighting merge, bool aligned_only,
-                                 const std::optional<std::filesystem::path>& save_grams, std::optional<nb::callable> progress) {
+nb::object convert_checkpoint_py(const std::filesystem::path& model, const std::filesystem::path& output,
+                                 Index kv_heads, const std::optional<std::filesystem::path>& calibration,
+                                 GroupBy group_by, Metric criterion, std::optional<Alignment> keys,
+                                 Alignment values, GroupingOptions::Method grouping, GpaUpdate gpa,
+                                 std::uint64_t seed, int threads, MergeWeighting merge, bool aligned_only,
+                                 const std::optional<std::filesystem::path>& save_grams,
+                                 std::optional<nb::callable> progress) {
   io::ConvertOptions o;
   o.model = model.string();
   o.output = output.string();
@@ -44,7 +46,8 @@ nb::object convert_checkpoint_py(const std::filesystem::path& model, const std::
       try {
         (*progress)(done, total);
       } catch (const nb::python_error& e) {
-        throw std::runtime_error(std::string("convert_checkpoint: the progress callback raised: ") + e.what());
+        throw std::runtime_error(std::string("convert_checkpoint: the progress callback raised: ") +
+                                 e.what());
       }
     };
   }
@@ -56,19 +59,22 @@ nb::object convert_checkpoint_py(const std::filesystem::path& model, const std::
 
 void bind_checkpoint(nb::module_& m) {
   const io::ConvertOptions d{};
-  m.def("convert_checkpoint", &convert_checkpoint_py, "model_dir"_a, "output_dir"_a, nb::kw_only(), "kv_heads"_a,
-        "calibration"_a, "group_by"_a = d.group_by, "criterion"_a = d.criterion, "keys"_a = d.keys, "values"_a = d.values,
-        "grouping"_a = d.grouping, "gpa"_a = d.gpa, "seed"_a = d.seed, "threads"_a = d.threads, "merge"_a = d.merge,
-        "aligned_only"_a = d.aligned_only, "save_grams"_a = nb::none(), "progress"_a = nb::none(),
-        "Converts a Hugging Face MHA checkpoint directory to GQA with kv_heads KV heads, as headalign-convert does\n"
-        "(same defaults, same bytes out), and returns report.json's content as a dict.\n\n"
-        "calibration: a safetensors file of activations (layers.{i}.key / .value [tokens, H·d], optionally\n"
-        ".query), a Gram set (save_grams, the CLI's --save-grams), or None / 'none' for the data-free mode.\n"
-        "keys: the key alignment (None: ROPE for RoPE models, ORTHOGONAL otherwise). merge FULL is query- and\n"
-        "output-aware where the calibration has query statistics, output-aware otherwise. output_dir must not\n"
-        "exist; it is written atomically (nothing is left there on failure). progress(done, total) is called\n"
-        "after each layer. Raises ValueError for options that do not fit the model, OSError for missing,\n"
-        "malformed or mismatching files.");
+  m.def(
+      "convert_checkpoint", &convert_checkpoint_py, "model_dir"_a, "output_dir"_a, nb::kw_only(),
+      "kv_heads"_a, "calibration"_a, "group_by"_a = d.group_by, "criterion"_a = d.criterion,
+      "keys"_a = d.keys, "values"_a = d.values, "grouping"_a = d.grouping, "gpa"_a = d.gpa, "seed"_a = d.seed,
+      "threads"_a = d.threads, "merge"_a = d.merge, "aligned_only"_a = d.aligned_only,
+      "save_grams"_a = nb::none(), "progress"_a = nb::none(),
+      "Converts a Hugging Face MHA checkpoint directory to GQA with kv_heads KV heads, as headalign-convert "
+      "does\n"
+      "(same defaults, same bytes out), and returns report.json's content as a dict.\n\n"
+      "calibration: a safetensors file of activations (layers.{i}.key / .value [tokens, H·d], optionally\n"
+      ".query), a Gram set (save_grams, the CLI's --save-grams), or None / 'none' for the data-free mode.\n"
+      "keys: the key alignment (None: ROPE for RoPE models, ORTHOGONAL otherwise). merge FULL is query- and\n"
+      "output-aware where the calibration has query statistics, output-aware otherwise. output_dir must not\n"
+      "exist; it is written atomically (nothing is left there on failure). progress(done, total) is called\n"
+      "after each layer. Raises ValueError for options that do not fit the model, OSError for missing,\n"
+      "malformed or mismatching files.");
 }
 
 }  // namespace headalign::python

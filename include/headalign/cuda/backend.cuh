@@ -27,17 +27,20 @@
 #endif
 namespace headalign {
 namespace cuda {
-#define HEADALIGN_CUDA_INSTANTIATE_SCALAR(S)                                                                        \
-  template PolarReport procrustes_batched<S>(Context&, const S*, S*, S*, Index, Index, cudaStream_t,               \
-                                             const PolarOptions&);                                                  \
-  template PolarReport procrustes_batched<S>(Context&, const S* const*, S* const*, S*, Index, Index, cudaStream_t, \
-                                             const PolarOptions&);                                                  \
-  template class DeviceGram<S>;                                                                                      \
-  template void DeviceGram<S>::add<float>(Context&, const float*, Index, Index, cudaStream_t, const GramOptions&);   \
-  template void DeviceGram<S>::add<double>(Context&, const double*, Index, Index, cudaStream_t, const GramOptions&); \
-  template void DeviceGram<S>::add<__half>(Context&, const __half*, Index, Index, cudaStream_t, const GramOptions&); \
-  template void DeviceGram<S>::add<__nv_bfloat16>(Context&, const __nv_bfloat16*, Index, Index, cudaStream_t,      \
-                                                  const GramOptions&);
+#define HEADALIGN_CUDA_INSTANTIATE_SCALAR(S)                                                         \
+  template PolarReport procrustes_batched<S>(Context&, const S*, S*, S*, Index, Index, cudaStream_t, \
+                                             const PolarOptions&);                                   \
+  template PolarReport procrustes_batched<S>(Context&, const S* const*, S* const*, S*, Index, Index, \
+                                             cudaStream_t, const PolarOptions&);                     \
+  template class DeviceGram<S>;                                                                      \
+  template void DeviceGram<S>::add<float>(Context&, const float*, Index, Index, cudaStream_t,        \
+                                          const GramOptions&);                                       \
+  template void DeviceGram<S>::add<double>(Context&, const double*, Index, Index, cudaStream_t,      \
+                                           const GramOptions&);                                      \
+  template void DeviceGram<S>::add<__half>(Context&, const __half*, Index, Index, cudaStream_t,      \
+                                           const GramOptions&);                                      \
+  template void DeviceGram<S>::add<__nv_bfloat16>(Context&, const __nv_bfloat16*, Index, Index,      \
+                                                  cudaStream_t, const GramOptions&);
 HEADALIGN_CUDA_INSTANTIATE_SCALAR(float)
 HEADALIGN_CUDA_INSTANTIATE_SCALAR(double)
 #undef HEADALIGN_CUDA_INSTANTIATE_SCALAR

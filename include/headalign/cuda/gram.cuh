@@ -56,11 +56,13 @@ class DeviceGram {
   /// Allocates and zeroes G on the current device.
   /// @throws invalid_argument for non-positive sizes or (H·d)² beyond a 32-bit int
   /// @throws cuda_error when the allocation fails
-  DeviceGram(Index num_heads, Index head_dim, bool normalize_rows = false) : h_(num_heads), d_(head_dim), normalize_(normalize_rows) {
+  DeviceGram(Index num_heads, Index head_dim, bool normalize_rows = false)
+      : h_(num_heads), d_(head_dim), normalize_(normalize_rows) {
     HEADALIGN_CHECK(num_heads > 0, "num_heads (" << num_heads << ") must be positive");
     HEADALIGN_CHECK(head_dim > 0, "head_dim (" << head_dim << ") must be positive");
-    HEADALIGN_CHECK(num_heads <= 46340 && head_dim <= 46340 && dim() <= 46340,
-                    "num_heads · head_dim (" << num_heads << " · " << head_dim << ") is too large for one device Gram");
+    HEADALIGN_CHECK(
+        num_heads <= 46340 && head_dim <= 46340 && dim() <= 46340,
+        "num_heads · head_dim (" << num_heads << " · " << head_dim << ") is too large for one device Gram");
     HEADALIGN_CUDA_TRY(cudaMalloc(reinterpret_cast<void**>(&g_), bytes()));
     const cudaError_t zeroed = cudaMemset(g_, 0, bytes());
     if (zeroed != cudaSuccess) {
@@ -71,7 +73,12 @@ class DeviceGram {
   DeviceGram(const DeviceGram&) = delete;
   DeviceGram& operator=(const DeviceGram&) = delete;
   DeviceGram(DeviceGram&& o) noexcept
-      : h_(o.h_), d_(o.d_), normalize_(o.normalize_), tokens_(o.tokens_), bound_(o.bound_), g_(std::exchange(o.g_, nullptr)) {}
+      : h_(o.h_),
+        d_(o.d_),
+        normalize_(o.normalize_),
+        tokens_(o.tokens_),
+        bound_(o.bound_),
+        g_(std::exchange(o.g_, nullptr)) {}
   ~DeviceGram() {
     if (g_) cudaFree(g_);
   }
@@ -94,11 +101,13 @@ class DeviceGram {
   /// @brief Adds the statistics of another accumulator (disjoint tokens): G ← G + G'.
   /// @throws invalid_argument when the shapes or the normalisation differ, or the sum could overflow
   void merge(Context& context, const DeviceGram& other, cudaStream_t stream) {
-    HEADALIGN_CHECK(other.h_ == h_ && other.d_ == d_,
-                    "cannot merge a DeviceGram of " << other.h_ << " × " << other.d_ << " into one of " << h_ << " × " << d_);
+    HEADALIGN_CHECK(other.h_ == h_ && other.d_ == d_, "cannot merge a DeviceGram of "
+                                                          << other.h_ << " × " << other.d_ << " into one of "
+                                                          << h_ << " × " << d_);
     HEADALIGN_CHECK(other.normalize_ == normalize_, "cannot merge DeviceGrams with different normalize_rows");
     HEADALIGN_CHECK(bound_ + other.bound_ <= limit(), "merging these DeviceGrams could overflow the "
-                                                          << (sizeof(S) == 4 ? "float" : "double") << " accumulator");
+                                                          << (sizeof(S) == 4 ? "float" : "double")
+                                                          << " accumulator");
     HEADALIGN_CHECK(&other != this, "cannot merge a DeviceGram into itself");
     const S one = 1;
     cublasHandle_t h = context.blas(stream);
@@ -136,7 +145,9 @@ class DeviceGram {
   const S* data() const { return g_; }
 
  private:
-  std::size_t bytes() const { return sizeof(S) * static_cast<std::size_t>(dim()) * static_cast<std::size_t>(dim()); }
+  std::size_t bytes() const {
+    return sizeof(S) * static_cast<std::size_t>(dim()) * static_cast<std::size_t>(dim());
+  }
   static double limit() { return static_cast<double>(std::numeric_limits<S>::max()) / 4; }
 
   Index h_, d_;

@@ -40,7 +40,9 @@ HEADALIGN_HD inline PlaneRotation<S> rope_plane(S m00, S m01, S m10, S m11) {
 /// @brief One step of the scaled Newton–Schulz polar iteration on singular values:
 /// \f$ g_α(x) = \tfrac{α}{2} x (3 - α^2 x^2) \f$, i.e. \f$ X ← X (a I - b X^\top X) \f$ with
 /// a = 3α/2, b = α³/2 for the matrix.
-inline double newton_schulz_map(double x, double alpha) { return 0.5 * alpha * x * (3.0 - alpha * alpha * x * x); }
+inline double newton_schulz_map(double x, double alpha) {
+  return 0.5 * alpha * x * (3.0 - alpha * alpha * x * x);
+}
 
 /// @brief The scalings α_k of the scaled Newton–Schulz iteration for singular values in
 /// [ℓ₀, 1] (Chen & Chow 2014): \f$ α_k = \sqrt{3 / (1 + ℓ_k + ℓ_k^2)} \f$ makes
@@ -52,8 +54,10 @@ inline double newton_schulz_map(double x, double alpha) { return 0.5 * alpha * x
 /// @param tolerance stop when 1 − ℓ_k ≤ tolerance (> 0)
 /// @throws invalid_argument for ℓ₀ or a tolerance out of range
 inline std::vector<double> newton_schulz_scalings(double lower_bound, double tolerance) {
-  HEADALIGN_CHECK(lower_bound > 0 && lower_bound <= 1, "Newton–Schulz lower_bound (" << lower_bound << ") must lie in (0, 1]");
-  HEADALIGN_CHECK(tolerance > 0 && tolerance < 1, "Newton–Schulz tolerance (" << tolerance << ") must lie in (0, 1)");
+  HEADALIGN_CHECK(lower_bound > 0 && lower_bound <= 1,
+                  "Newton–Schulz lower_bound (" << lower_bound << ") must lie in (0, 1]");
+  HEADALIGN_CHECK(tolerance > 0 && tolerance < 1,
+                  "Newton–Schulz tolerance (" << tolerance << ") must lie in (0, 1)");
   std::vector<double> alphas;
   double l = lower_bound;
   while (1.0 - l > tolerance && alphas.size() < 200) {

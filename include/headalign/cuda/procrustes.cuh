@@ -8,10 +8,11 @@
 ///
 /// | method | what runs | sizes |
 /// |---|---|---|
-/// | `GesvdjLoop` | cuSOLVER `gesvdj` once per matrix, then R = U Vᵀ (what `torch.linalg.svd` does for d > 32) | any d |
-/// | `GesvdjBatched` | cuSOLVER `gesvdjBatched` | d ≤ 32 |
-/// | `NewtonSchulz` | scaled Newton–Schulz iteration X ← X(aI − b XᵀX) on `cublasGemmStridedBatchedEx` (FP32, optionally TF32) | any d |
-/// | `Rope` | one kernel: θ = atan2(m10 − m01, m00 + m11) per RoPE plane; non-rotary dimensions by `NewtonSchulz` | any d |
+/// | `GesvdjLoop` | cuSOLVER `gesvdj` once per matrix, then R = U Vᵀ (what `torch.linalg.svd` does for d >
+/// 32) | any d | | `GesvdjBatched` | cuSOLVER `gesvdjBatched` | d ≤ 32 | | `NewtonSchulz` | scaled
+/// Newton–Schulz iteration X ← X(aI − b XᵀX) on `cublasGemmStridedBatchedEx` (FP32, optionally TF32) | any d
+/// | | `Rope` | one kernel: θ = atan2(m10 − m01, m00 + m11) per RoPE plane; non-rotary dimensions by
+/// `NewtonSchulz` | any d |
 ///
 /// Matrices are dense d × d with leading dimension d, either at a fixed stride d² from one base
 /// pointer or through a device array of pointers (cuBLAS's batched convention). Column-major or
@@ -42,7 +43,7 @@ enum class PolarMethod {
 /// Options of procrustes_batched(); zeros pick the documented defaults.
 struct PolarOptions {
   PolarMethod method = PolarMethod::NewtonSchulz;
-  RopeSpec rope = {};         ///< pairing and rotary dimensions (`Rope` only)
+  RopeSpec rope = {};  ///< pairing and rotary dimensions (`Rope` only)
   /// `NewtonSchulz` on float: every GEMM but those of the last two iterations in TF32
   /// (CUBLAS_COMPUTE_32F_FAST_TF32); the closing FP32 iterations restore orthogonality to FP32
   /// round-off, and R differs from the FP32 result by about TF32's 1e-3 relative precision.
@@ -72,12 +73,13 @@ struct PolarOptions {
 /// What procrustes_batched() did.
 struct PolarReport {
   PolarMethod method = PolarMethod::NewtonSchulz;
-  int iterations = 0;          ///< `NewtonSchulz` (also `Rope`'s non-rotary part): iterations of the longest chunk
-  bool checked = false;        ///< verify ran: the fields below are measured
-  bool converged = false;      ///< every matrix converged (after the fallback)
-  Index not_converged = 0;     ///< matrices that missed the tolerance (gesvdj: info ≠ 0), before the fallback
-  Index recomputed = 0;        ///< of those, recomputed by gesvdj
-  double max_orthogonality_error = std::numeric_limits<double>::quiet_NaN();  ///< max ‖RᵀR − I‖_F of the results
+  int iterations = 0;    ///< `NewtonSchulz` (also `Rope`'s non-rotary part): iterations of the longest chunk
+  bool checked = false;  ///< verify ran: the fields below are measured
+  bool converged = false;   ///< every matrix converged (after the fallback)
+  Index not_converged = 0;  ///< matrices that missed the tolerance (gesvdj: info ≠ 0), before the fallback
+  Index recomputed = 0;     ///< of those, recomputed by gesvdj
+  double max_orthogonality_error =
+      std::numeric_limits<double>::quiet_NaN();  ///< max ‖RᵀR − I‖_F of the results
 };
 
 /// @brief Procrustes rotations and scores of a strided batch: M_b = m + b·d², R_b = r + b·d².
@@ -97,8 +99,8 @@ PolarReport procrustes_batched(Context& context, const S* m, S* r, S* scores, In
 /// @brief The same for arrays of device pointers: M_b = m[b], R_b = r[b] (@p m and @p r are
 /// device arrays of @p batch device pointers; @p r may be null).
 template <class S>
-PolarReport procrustes_batched(Context& context, const S* const* m, S* const* r, S* scores, Index d, Index batch,
-                               cudaStream_t stream, const PolarOptions& options = {});
+PolarReport procrustes_batched(Context& context, const S* const* m, S* const* r, S* scores, Index d,
+                               Index batch, cudaStream_t stream, const PolarOptions& options = {});
 
 namespace detail {
 
@@ -111,12 +113,15 @@ PolarOptions resolved(PolarOptions o, Index d, Index batch, bool has_m, bool has
   HEADALIGN_CHECK(has_m || batch == 0, "the input matrices are null");
   HEADALIGN_CHECK(has_output || batch == 0, "nothing to compute: the rotations and the scores are both null");
   HEADALIGN_CHECK(o.method != PolarMethod::GesvdjBatched || d <= 32,
-                  "GesvdjBatched takes matrices up to 32 × 32, not " << d << " × " << d << " (use GesvdjLoop or NewtonSchulz)");
+                  "GesvdjBatched takes matrices up to 32 × 32, not " << d << " × " << d
+                                                                     << " (use GesvdjLoop or NewtonSchulz)");
   HEADALIGN_CHECK(!o.tf32 || (std::is_same<S, float>::value), "TF32 applies to float matrices only");
   HEADALIGN_CHECK(!o.tf32 || o.method == PolarMethod::NewtonSchulz || o.method == PolarMethod::Rope,
                   "TF32 applies to the NewtonSchulz method only");
-  HEADALIGN_CHECK(o.lower_bound >= 0 && o.lower_bound <= 1, "lower_bound (" << o.lower_bound << ") must lie in [0, 1]");
-  HEADALIGN_CHECK(o.tolerance >= 0 && o.tolerance < 1, "tolerance (" << o.tolerance << ") must lie in [0, 1)");
+  HEADALIGN_CHECK(o.lower_bound >= 0 && o.lower_bound <= 1,
+                  "lower_bound (" << o.lower_bound << ") must lie in [0, 1]");
+  HEADALIGN_CHECK(o.tolerance >= 0 && o.tolerance < 1,
+                  "tolerance (" << o.tolerance << ") must lie in [0, 1)");
   HEADALIGN_CHECK(o.max_iterations >= 0, "max_iterations (" << o.max_iterations << ") must not be negative");
   HEADALIGN_CHECK(o.scratch_bytes > 0, "scratch_bytes must be positive");
   if (o.method == PolarMethod::Rope) (void)rotary_dims(o.rope, d);

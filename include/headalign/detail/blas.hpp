@@ -27,8 +27,8 @@ namespace detail {
 /// pure-Eigen time in double, 0.71× in float: benchmarks/README.md), otherwise Eigen. C's
 /// contents are not read when beta = 0.
 template <class S>
-void gemm_row_major(Index m, Index n, Index k, const S* a, Index lda, const S* b, Index ldb, bool trans_b, S* c,
-                    Index ldc, S beta = S(0)) {
+void gemm_row_major(Index m, Index n, Index k, const S* a, Index lda, const S* b, Index ldb, bool trans_b,
+                    S* c, Index ldc, S beta = S(0)) {
   if (m == 0 || n == 0) return;
   using RowMajor = Eigen::Matrix<S, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
   Eigen::Map<RowMajor, 0, Eigen::OuterStride<>> out(c, m, n, Eigen::OuterStride<>(ldc));
@@ -44,11 +44,11 @@ void gemm_row_major(Index m, Index n, Index k, const S* a, Index lda, const S* b
     const auto tb = trans_b ? CblasTrans : CblasNoTrans;
     const int im = static_cast<int>(m), in = static_cast<int>(n), ik = static_cast<int>(k);
     if constexpr (std::is_same<S, float>::value)
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, tb, im, in, ik, 1.0f, a, static_cast<int>(lda), b, static_cast<int>(ldb), beta, c,
-                  static_cast<int>(ldc));
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, tb, im, in, ik, 1.0f, a, static_cast<int>(lda), b,
+                  static_cast<int>(ldb), beta, c, static_cast<int>(ldc));
     else
-      cblas_dgemm(CblasRowMajor, CblasNoTrans, tb, im, in, ik, 1.0, a, static_cast<int>(lda), b, static_cast<int>(ldb), beta, c,
-                  static_cast<int>(ldc));
+      cblas_dgemm(CblasRowMajor, CblasNoTrans, tb, im, in, ik, 1.0, a, static_cast<int>(lda), b,
+                  static_cast<int>(ldb), beta, c, static_cast<int>(ldc));
     return;
   }
 #endif
@@ -73,7 +73,8 @@ void gemm_row_major(Index m, Index n, Index k, const S* a, Index lda, const S* b
 template <class S>
 void gemm(const Matrix<S>& a, const Matrix<S>& b, S beta, Matrix<S>& c) {
   if (beta == S(0)) c.resize(a.rows(), b.cols());
-  gemm_row_major<S>(b.cols(), a.rows(), a.cols(), b.data(), b.rows(), a.data(), a.rows(), false, c.data(), c.rows(), beta);
+  gemm_row_major<S>(b.cols(), a.rows(), a.cols(), b.data(), b.rows(), a.data(), a.rows(), false, c.data(),
+                    c.rows(), beta);
 }
 
 /// C ← C + A Aᵀ (lower triangle) with A = D × k column-major, leading dimension lda; with
@@ -96,7 +97,8 @@ void syrk_lower(Matrix<S>& c, const S* a, Index k, Index lda, bool trans = false
 #endif
   using Map = Eigen::Map<const Matrix<S>, 0, Eigen::OuterStride<>>;
   if (trans)
-    c.template selfadjointView<Eigen::Lower>().rankUpdate(Map(a, k, n, Eigen::OuterStride<>(lda)).transpose());
+    c.template selfadjointView<Eigen::Lower>().rankUpdate(
+        Map(a, k, n, Eigen::OuterStride<>(lda)).transpose());
   else
     c.template selfadjointView<Eigen::Lower>().rankUpdate(Map(a, n, k, Eigen::OuterStride<>(lda)));
 }
@@ -112,10 +114,18 @@ constexpr bool lapack_scalar() {
 }
 
 #ifdef HEADALIGN_USE_LAPACKE
-inline lapack_int getrf(lapack_int n, float* a, lapack_int* piv) { return LAPACKE_sgetrf(LAPACK_COL_MAJOR, n, n, a, n, piv); }
-inline lapack_int getrf(lapack_int n, double* a, lapack_int* piv) { return LAPACKE_dgetrf(LAPACK_COL_MAJOR, n, n, a, n, piv); }
-inline lapack_int getri(lapack_int n, float* a, const lapack_int* piv) { return LAPACKE_sgetri(LAPACK_COL_MAJOR, n, a, n, piv); }
-inline lapack_int getri(lapack_int n, double* a, const lapack_int* piv) { return LAPACKE_dgetri(LAPACK_COL_MAJOR, n, a, n, piv); }
+inline lapack_int getrf(lapack_int n, float* a, lapack_int* piv) {
+  return LAPACKE_sgetrf(LAPACK_COL_MAJOR, n, n, a, n, piv);
+}
+inline lapack_int getrf(lapack_int n, double* a, lapack_int* piv) {
+  return LAPACKE_dgetrf(LAPACK_COL_MAJOR, n, n, a, n, piv);
+}
+inline lapack_int getri(lapack_int n, float* a, const lapack_int* piv) {
+  return LAPACKE_sgetri(LAPACK_COL_MAJOR, n, a, n, piv);
+}
+inline lapack_int getri(lapack_int n, double* a, const lapack_int* piv) {
+  return LAPACKE_dgetri(LAPACK_COL_MAJOR, n, a, n, piv);
+}
 inline lapack_int gecon(lapack_int n, const float* lu, float anorm, float* rcond) {
   return LAPACKE_sgecon(LAPACK_COL_MAJOR, '1', n, lu, n, anorm, rcond);
 }

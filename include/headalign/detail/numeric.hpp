@@ -42,8 +42,9 @@ void check_finite(const Eigen::DenseBase<Derived>& m, const char* what) {
 /// the arithmetic left S's range (e.g. float weights near 1e38, whose squares overflow).
 template <class S>
 [[noreturn]] void throw_overflow(const std::string& who) {
-  throw_invalid_argument(who + ": the result overflowed " + scalar_name<S>() +
-                         " (the inputs are finite but too large for its range: convert in double, or rescale)");
+  throw_invalid_argument(
+      who + ": the result overflowed " + scalar_name<S>() +
+      " (the inputs are finite but too large for its range: convert in double, or rescale)");
 }
 
 /// throw_overflow() unless every one of the freshly computed @p parts is finite (only what an
@@ -77,15 +78,18 @@ PowerOfTwo<S> power_of_two(S largest) {
 class HeadSet {
  public:
   /// @param num_heads the layer's heads; @param who the function named in messages
-  HeadSet(Index num_heads, const char* who) : n_(num_heads), who_(who), seen_(static_cast<std::size_t>(num_heads), 0) {}
+  HeadSet(Index num_heads, const char* who)
+      : n_(num_heads), who_(who), seen_(static_cast<std::size_t>(num_heads), 0) {}
 
   /// Marks @p heads; throws invalid_argument naming the head unless each lies in [0, num_heads)
   /// and none was marked before (here or by an earlier add()). @p where says where the heads
   /// were listed ("in order", "in the group", ...).
   void add(const std::vector<Index>& heads, const char* where) {
     for (Index h : heads) {
-      HEADALIGN_CHECK(h >= 0 && h < n_, who_ << ": head " << h << " out of range for " << n_ << " heads (" << where << ")");
-      HEADALIGN_CHECK(!seen_[static_cast<std::size_t>(h)], who_ << ": head " << h << " appears twice (" << where << ")");
+      HEADALIGN_CHECK(h >= 0 && h < n_,
+                      who_ << ": head " << h << " out of range for " << n_ << " heads (" << where << ")");
+      HEADALIGN_CHECK(!seen_[static_cast<std::size_t>(h)],
+                      who_ << ": head " << h << " appears twice (" << where << ")");
       seen_[static_cast<std::size_t>(h)] = 1;
     }
     count_ += static_cast<Index>(heads.size());
@@ -103,7 +107,8 @@ class HeadSet {
 
 /// Throws unless @p order is a permutation of 0 … n−1.
 inline void check_permutation(const std::vector<Index>& order, Index n, const char* who) {
-  HEADALIGN_CHECK(static_cast<Index>(order.size()) == n, who << ": order has " << order.size() << " entries for " << n << " heads");
+  HEADALIGN_CHECK(static_cast<Index>(order.size()) == n,
+                  who << ": order has " << order.size() << " entries for " << n << " heads");
   HeadSet(n, who).add(order, "in order");
 }
 

@@ -61,7 +61,8 @@ struct SimdLanes {
 /// ?larfg: β = −sign(α)·‖(α, x)‖, τ = (β − α)/β, v = x/(α − β); τ = 0 (H = I) and β = α when
 /// x = 0. @p xnorm2 is ‖x‖². Returns β, τ and the scale 1/(α − β) of x.
 template <class S, class V = typename SimdLanes<S>::type>
-__attribute__((always_inline)) inline void householder_lanes(const V& alpha, const V& xnorm2, V& beta, V& tau, V& scale) {
+__attribute__((always_inline)) inline void householder_lanes(const V& alpha, const V& xnorm2, V& beta, V& tau,
+                                                             V& scale) {
   const V zero = alpha - alpha;
   V norm;
   for (unsigned l = 0; l < sizeof(V) / sizeof(S); ++l) norm[l] = std::sqrt(alpha[l] * alpha[l] + xnorm2[l]);
@@ -176,10 +177,12 @@ __attribute__((target("avx2,fma"))) inline void bidiagonalize_avx2(typename Simd
 }
 
 inline lapack_int bdsqr_values(lapack_int n, double* d, double* e, double* work) {
-  return LAPACKE_dbdsqr_work(LAPACK_COL_MAJOR, 'U', n, 0, 0, 0, d, e, nullptr, 1, nullptr, 1, nullptr, 1, work);
+  return LAPACKE_dbdsqr_work(LAPACK_COL_MAJOR, 'U', n, 0, 0, 0, d, e, nullptr, 1, nullptr, 1, nullptr, 1,
+                             work);
 }
 inline lapack_int bdsqr_values(lapack_int n, float* d, float* e, float* work) {
-  return LAPACKE_sbdsqr_work(LAPACK_COL_MAJOR, 'U', n, 0, 0, 0, d, e, nullptr, 1, nullptr, 1, nullptr, 1, work);
+  return LAPACKE_sbdsqr_work(LAPACK_COL_MAJOR, 'U', n, 0, 0, 0, d, e, nullptr, 1, nullptr, 1, nullptr, 1,
+                             work);
 }
 
 /// Singular values of up to W = simd_bidiagonal_width<S>() square n × n matrices at once.
@@ -199,8 +202,10 @@ bool simd_singular_values(const S* const* blocks, int count, Index n, Index ld, 
   if (!simd_bidiagonal_available() || count < 1 || count > width || n < 1) return false;
   const auto un = static_cast<std::size_t>(n);
   // One buffer for A, d, e and z, aligned by hand (std::allocator ignores the type's alignment).
-  std::vector<S> storage((un * un + 3 * un) * static_cast<std::size_t>(width) + static_cast<std::size_t>(width));
-  V* const a = reinterpret_cast<V*>((reinterpret_cast<std::uintptr_t>(storage.data()) + 31) & ~std::uintptr_t(31));
+  std::vector<S> storage((un * un + 3 * un) * static_cast<std::size_t>(width) +
+                         static_cast<std::size_t>(width));
+  V* const a =
+      reinterpret_cast<V*>((reinterpret_cast<std::uintptr_t>(storage.data()) + 31) & ~std::uintptr_t(31));
   V* const d = a + un * un;
   V* const e = d + un;
   V* const z = e + un;

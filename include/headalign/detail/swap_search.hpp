@@ -60,9 +60,13 @@ struct CacheAligned {
   T* allocate(std::size_t n) { return static_cast<T*>(::operator new(n * sizeof(T), std::align_val_t(64))); }
   void deallocate(T* ptr, std::size_t) noexcept { ::operator delete(ptr, std::align_val_t(64)); }
   template <class U>
-  bool operator==(const CacheAligned<U>&) const noexcept { return true; }
+  bool operator==(const CacheAligned<U>&) const noexcept {
+    return true;
+  }
   template <class U>
-  bool operator!=(const CacheAligned<U>&) const noexcept { return false; }
+  bool operator!=(const CacheAligned<U>&) const noexcept {
+    return false;
+  }
 };
 
 /// Swap-neighbourhood state of one grouping (slots, P, G, V) with a tabu list by slot.
@@ -72,7 +76,8 @@ class SwapSearch {
   /// dividing H with H/g ≥ 2 (group_heads() checks all of this before)
   SwapSearch(const Matrix<double>& sim, Index num_groups)
       : sim_(sim), h_(sim.rows()), g_(num_groups), k_(sim.rows() / num_groups) {
-    ld_ = (h_ + 7 + 15) / 16 * 16;  // room for an 8-wide load that starts at any slot < H; rows on cache lines
+    ld_ =
+        (h_ + 7 + 15) / 16 * 16;  // room for an 8-wide load that starts at any slot < H; rows on cache lines
     ldt_ = (g_ + 7) / 8 * 8;
     const PowerOfTwo<double> scale = power_of_two(sim.cwiseAbs().maxCoeff());
     exponent_ = scale.exponent;
@@ -88,9 +93,11 @@ class SwapSearch {
     g_rows_.assign(static_cast<std::size_t>(ldt_ * ld_), 0.0f);  // rows past g: 0
     v_.assign(static_cast<std::size_t>(ldt_ * ld_), 0.0f);
     for (Index c = 0; c < ldt_; ++c)  // past H: −inf, where the scan's 8-wide loads end
-      std::fill(v_.begin() + c * ld_ + h_, v_.begin() + (c + 1) * ld_, -std::numeric_limits<float>::infinity());
+      std::fill(v_.begin() + c * ld_ + h_, v_.begin() + (c + 1) * ld_,
+                -std::numeric_limits<float>::infinity());
     vt_.assign(static_cast<std::size_t>(ld_ * ldt_), 0.0f);
-    own_.assign(static_cast<std::size_t>(ld_), std::numeric_limits<float>::infinity());  // V = G − own = −inf past H
+    own_.assign(static_cast<std::size_t>(ld_),
+                std::numeric_limits<float>::infinity());  // V = G − own = −inf past H
     d_.assign(static_cast<std::size_t>(ld_), 0.0f);
     pen_.assign(static_cast<std::size_t>(ld_), 0.0f);
     row_pen_.assign(static_cast<std::size_t>(8 * h_), 0.0f);
@@ -157,7 +164,8 @@ class SwapSearch {
 #endif
     for (Index c = 0; c < g_; ++c)
       for (Index x = 0; x < h_; ++x) v_[at(c, x)] = g_rows_[at(c, x)] - own_[static_cast<std::size_t>(x)];
-    for (Index y = 0; y < h_; ++y) pen_[static_cast<std::size_t>(y)] = tabu_[static_cast<std::size_t>(y)] > step ? ninf : 0.0f;
+    for (Index y = 0; y < h_; ++y)
+      pen_[static_cast<std::size_t>(y)] = tabu_[static_cast<std::size_t>(y)] > step ? ninf : 0.0f;
     float mu = ninf, mp = ninf;
     Index pu = -1, qu = -1, pp = -1, qp = -1;
     for (Index a = 0; a + 1 < g_; ++a)
@@ -200,7 +208,8 @@ class SwapSearch {
     float* HEADALIGN_RESTRICT const gb = G + b * ld;
 #if HEADALIGN_SIMD_SWAP_SEARCH
     const bool simd = !portable && avx2();
-    if (simd) swap_avx2(p, q);
+    if (simd)
+      swap_avx2(p, q);
     else
 #endif
     {
@@ -216,7 +225,8 @@ class SwapSearch {
     std::swap(heads_[static_cast<std::size_t>(p)], heads_[static_cast<std::size_t>(q)]);
     std::swap(tabu_[static_cast<std::size_t>(p)], tabu_[static_cast<std::size_t>(q)]);
 #if HEADALIGN_SIMD_SWAP_SEARCH
-    if (simd) add_avx2(ga, gb, d);
+    if (simd)
+      add_avx2(ga, gb, d);
     else
 #endif
     {
@@ -301,7 +311,8 @@ class SwapSearch {
   }
 
   // The 8 lanes of w to dst[0], dst[ld], …, dst[7·ld].
-  __attribute__((target("avx2,fma"), always_inline)) static inline void store_lanes(float* dst, Index ld, __m256 w) {
+  __attribute__((target("avx2,fma"), always_inline)) static inline void store_lanes(float* dst, Index ld,
+                                                                                    __m256 w) {
     const __m128 lo = _mm256_castps256_ps128(w), hi = _mm256_extractf128_ps(w, 1);
     _mm_store_ss(dst, lo);
     lane_to(dst + ld, _mm_extract_ps(lo, 1));
@@ -315,8 +326,9 @@ class SwapSearch {
   static void lane_to(float* dst, int bits) { std::memcpy(dst, &bits, sizeof bits); }
 
   // G_a += d, G_b −= d.
-  __attribute__((target("avx2,fma"))) void add_avx2(float* HEADALIGN_RESTRICT ga, float* HEADALIGN_RESTRICT gb,
-                                                const float* HEADALIGN_RESTRICT d) const {
+  __attribute__((target("avx2,fma"))) void add_avx2(float* HEADALIGN_RESTRICT ga,
+                                                    float* HEADALIGN_RESTRICT gb,
+                                                    const float* HEADALIGN_RESTRICT d) const {
     for (Index x = 0; x < h_; x += 8) {
       const __m256 dx = _mm256_loadu_ps(d + x);
       _mm256_storeu_ps(ga + x, _mm256_add_ps(_mm256_loadu_ps(ga + x), dx));
@@ -360,13 +372,17 @@ class SwapSearch {
   // p of Vᵀ: the first term picks V_{c(y)p} by permutes, 8 groups per permute (blended above 8).
   __attribute__((target("avx2,fma"))) __m256 gains8_avx2(Index a, Index p, Index y, __m256 vt0) const {
     const float* const vt = &vt_[static_cast<std::size_t>(p * ldt_)];
-    const __m256i idx = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(&group_[static_cast<std::size_t>(y)]));
+    const __m256i idx =
+        _mm256_loadu_si256(reinterpret_cast<const __m256i*>(&group_[static_cast<std::size_t>(y)]));
     __m256 t = _mm256_permutevar8x32_ps(vt0, idx);
     for (Index c = 8; c < g_; c += 8) {
-      const __m256i here = _mm256_cmpeq_epi32(_mm256_srli_epi32(idx, 3), _mm256_set1_epi32(static_cast<int>(c / 8)));
-      t = _mm256_blendv_ps(t, _mm256_permutevar8x32_ps(_mm256_loadu_ps(vt + c), idx), _mm256_castsi256_ps(here));  // idx mod 8
+      const __m256i here =
+          _mm256_cmpeq_epi32(_mm256_srli_epi32(idx, 3), _mm256_set1_epi32(static_cast<int>(c / 8)));
+      t = _mm256_blendv_ps(t, _mm256_permutevar8x32_ps(_mm256_loadu_ps(vt + c), idx),
+                           _mm256_castsi256_ps(here));  // idx mod 8
     }
-    return _mm256_fmadd_ps(_mm256_set1_ps(-2.0f), _mm256_loadu_ps(&p_[at(p, y)]), _mm256_add_ps(t, _mm256_loadu_ps(&v_[at(a, y)])));
+    return _mm256_fmadd_ps(_mm256_set1_ps(-2.0f), _mm256_loadu_ps(&p_[at(p, y)]),
+                           _mm256_add_ps(t, _mm256_loadu_ps(&v_[at(a, y)])));
   }
 
   // Rows p0 … p0 + R − 1 (R ≤ 4) of group a (g ≤ 8: a row of Vᵀ is one register), against
@@ -375,7 +391,8 @@ class SwapSearch {
   // penalties of the slots y into each row's maximum, which its own penalty then clears for a
   // tabu row before it joins mp.
   template <int R>
-  __attribute__((target("avx2,fma"), always_inline)) inline void rows_max8_avx2(Index a, Index p0, __m256& mu, __m256& mp) {
+  __attribute__((target("avx2,fma"), always_inline)) inline void rows_max8_avx2(Index a, Index p0, __m256& mu,
+                                                                                __m256& mp) {
     const Index ld = ld_, h = h_;
     const float* const v = &v_[at(a, 0)];
     const float* const pen = pen_.data();
@@ -390,21 +407,25 @@ class SwapSearch {
       const __m256i idx = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(gi + y));
       const __m256 vy = _mm256_loadu_ps(v + y), py = _mm256_loadu_ps(pen + y);
       const float* const r = r0 + y;
-      __m256 gv = _mm256_fmadd_ps(m2, _mm256_loadu_ps(r), _mm256_add_ps(_mm256_permutevar8x32_ps(t0, idx), vy));
+      __m256 gv =
+          _mm256_fmadd_ps(m2, _mm256_loadu_ps(r), _mm256_add_ps(_mm256_permutevar8x32_ps(t0, idx), vy));
       u = _mm256_max_ps(u, gv);
       b0 = _mm256_max_ps(b0, _mm256_add_ps(gv, py));
       if (R > 1) {
-        gv = _mm256_fmadd_ps(m2, _mm256_loadu_ps(r + ld), _mm256_add_ps(_mm256_permutevar8x32_ps(t1, idx), vy));
+        gv = _mm256_fmadd_ps(m2, _mm256_loadu_ps(r + ld),
+                             _mm256_add_ps(_mm256_permutevar8x32_ps(t1, idx), vy));
         u = _mm256_max_ps(u, gv);
         b1 = _mm256_max_ps(b1, _mm256_add_ps(gv, py));
       }
       if (R > 2) {
-        gv = _mm256_fmadd_ps(m2, _mm256_loadu_ps(r + 2 * ld), _mm256_add_ps(_mm256_permutevar8x32_ps(t2, idx), vy));
+        gv = _mm256_fmadd_ps(m2, _mm256_loadu_ps(r + 2 * ld),
+                             _mm256_add_ps(_mm256_permutevar8x32_ps(t2, idx), vy));
         u = _mm256_max_ps(u, gv);
         b2 = _mm256_max_ps(b2, _mm256_add_ps(gv, py));
       }
       if (R > 3) {
-        gv = _mm256_fmadd_ps(m2, _mm256_loadu_ps(r + 3 * ld), _mm256_add_ps(_mm256_permutevar8x32_ps(t3, idx), vy));
+        gv = _mm256_fmadd_ps(m2, _mm256_loadu_ps(r + 3 * ld),
+                             _mm256_add_ps(_mm256_permutevar8x32_ps(t3, idx), vy));
         u = _mm256_max_ps(u, gv);
         b3 = _mm256_max_ps(b3, _mm256_add_ps(gv, py));
       }
@@ -445,10 +466,17 @@ class SwapSearch {
       Index p = first;
       for (; p + 4 <= first + k; p += 4) rows_max8_avx2<4>(a, p, u, w);
       switch (first + k - p) {
-        case 3: rows_max8_avx2<3>(a, p, u, w); break;
-        case 2: rows_max8_avx2<2>(a, p, u, w); break;
-        case 1: rows_max8_avx2<1>(a, p, u, w); break;
-        default: break;
+        case 3:
+          rows_max8_avx2<3>(a, p, u, w);
+          break;
+        case 2:
+          rows_max8_avx2<2>(a, p, u, w);
+          break;
+        case 1:
+          rows_max8_avx2<1>(a, p, u, w);
+          break;
+        default:
+          break;
       }
       keep_max(u, a, best_u, from_u);
       keep_max(w, a, best_p, from_p);
@@ -474,11 +502,12 @@ class SwapSearch {
   }
 
   // Lane by lane, the largest value so far and the first group it came from.
-  __attribute__((target("avx2,fma"))) static void keep_max(__m256 value, Index group, __m256& best, __m256i& from) {
+  __attribute__((target("avx2,fma"))) static void keep_max(__m256 value, Index group, __m256& best,
+                                                           __m256i& from) {
     const __m256 more = _mm256_cmp_ps(value, best, _CMP_GT_OQ);
     best = _mm256_max_ps(best, value);
-    from = _mm256_castps_si256(
-        _mm256_blendv_ps(_mm256_castsi256_ps(from), _mm256_castsi256_ps(_mm256_set1_epi32(static_cast<int>(group))), more));
+    from = _mm256_castps_si256(_mm256_blendv_ps(
+        _mm256_castsi256_ps(from), _mm256_castsi256_ps(_mm256_set1_epi32(static_cast<int>(group))), more));
   }
 
   // The largest lane of `best` and the first group that reached it (−1 when all are −inf).
@@ -487,8 +516,9 @@ class SwapSearch {
     m = _mm256_max_ps(m, _mm256_shuffle_ps(m, m, _MM_SHUFFLE(1, 0, 3, 2)));
     m = _mm256_max_ps(m, _mm256_shuffle_ps(m, m, _MM_SHUFFLE(2, 3, 0, 1)));
     // The smallest group among the lanes that hold it (others: INT_MAX), without leaving registers.
-    __m256i ids = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(_mm256_set1_epi32(std::numeric_limits<std::int32_t>::max())),
-                                                       _mm256_castsi256_ps(from), _mm256_cmp_ps(best, m, _CMP_EQ_OQ)));
+    __m256i ids = _mm256_castps_si256(
+        _mm256_blendv_ps(_mm256_castsi256_ps(_mm256_set1_epi32(std::numeric_limits<std::int32_t>::max())),
+                         _mm256_castsi256_ps(from), _mm256_cmp_ps(best, m, _CMP_EQ_OQ)));
     ids = _mm256_min_epi32(ids, _mm256_permute2x128_si256(ids, ids, 1));
     ids = _mm256_min_epi32(ids, _mm256_shuffle_epi32(ids, _MM_SHUFFLE(1, 0, 3, 2)));
     ids = _mm256_min_epi32(ids, _mm256_shuffle_epi32(ids, _MM_SHUFFLE(2, 3, 0, 1)));
@@ -499,13 +529,16 @@ class SwapSearch {
 
   // Group maxima first (lane by lane), then the rows of the winning group, then the winning
   // row's columns: the same (first, largest) pair as the portable scan.
-  __attribute__((target("avx2,fma"))) bool best_move_avx2(std::int32_t step, double need, Index& bp, Index& bq) {
+  __attribute__((target("avx2,fma"))) bool best_move_avx2(std::int32_t step, double need, Index& bp,
+                                                          Index& bq) {
     constexpr float ninf = -std::numeric_limits<float>::infinity();
     const __m256i now = _mm256_set1_epi32(step);
     const __m256 minus_inf = _mm256_set1_ps(ninf);
     for (Index y = 0; y < h_; y += 8) {  // pen_ = −inf where tabu_ > step (tabu_ is 0 past H)
-      const __m256i t = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(&tabu_[static_cast<std::size_t>(y)]));
-      _mm256_storeu_ps(&pen_[static_cast<std::size_t>(y)], _mm256_and_ps(_mm256_castsi256_ps(_mm256_cmpgt_epi32(t, now)), minus_inf));
+      const __m256i t =
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(&tabu_[static_cast<std::size_t>(y)]));
+      _mm256_storeu_ps(&pen_[static_cast<std::size_t>(y)],
+                       _mm256_and_ps(_mm256_castsi256_ps(_mm256_cmpgt_epi32(t, now)), minus_inf));
     }
     refresh_avx2();
     __m256 bu = minus_inf, bpen = minus_inf;
@@ -544,7 +577,8 @@ class SwapSearch {
     const Index none = std::numeric_limits<Index>::max(), start = (a + 1) * k_;
     Index p = none;
     for (Index x = start - 1; x >= a * k_; --x) {  // last to first: the first row with a hit stays
-      const int hit = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_load_ps(&row_pen_[static_cast<std::size_t>(8 * x)]), want, _CMP_EQ_OQ));
+      const int hit = _mm256_movemask_ps(
+          _mm256_cmp_ps(_mm256_load_ps(&row_pen_[static_cast<std::size_t>(8 * x)]), want, _CMP_EQ_OQ));
       p = hit != 0 ? x : p;
     }
     if (p == none) return false;  // not reached: the target is some pair's gain
@@ -557,8 +591,10 @@ class SwapSearch {
 
   // The first slot of row p (later groups) whose gain, penalised or not, equals target; −1 if
   // none. Every 8 slots are compared, without branching on the data.
-  __attribute__((target("avx2,fma"))) Index row_find_avx2(Index a, Index p, bool penalised, float target) const {
-    const __m256 want = _mm256_set1_ps(target), vt0 = _mm256_loadu_ps(&vt_[static_cast<std::size_t>(p * ldt_)]);
+  __attribute__((target("avx2,fma"))) Index row_find_avx2(Index a, Index p, bool penalised,
+                                                          float target) const {
+    const __m256 want = _mm256_set1_ps(target),
+                 vt0 = _mm256_loadu_ps(&vt_[static_cast<std::size_t>(p * ldt_)]);
     const Index none = std::numeric_limits<Index>::max();
     Index first = none;
     for (Index y = (a + 1) * k_; y < h_; y += 8) {
@@ -582,7 +618,7 @@ class SwapSearch {
   // P (H × ld), G and V (ldt × ld: rows past g unused), Vᵀ (ld × ldt, for the AVX2 scan)
   std::vector<float, CacheAligned<float>> p_, g_rows_, v_, vt_, own_, pen_, d_;
   std::vector<float, CacheAligned<float>> row_pen_;  // H × 8: each row's penalised gain maxima, by lane
-  std::vector<std::int32_t, CacheAligned<std::int32_t>> tabu_;   // by slot, 0 past H
+  std::vector<std::int32_t, CacheAligned<std::int32_t>> tabu_;  // by slot, 0 past H
 };
 
 }  // namespace detail

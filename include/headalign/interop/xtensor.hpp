@@ -58,10 +58,14 @@ bool xt_is_row_major_contiguous(const E& e) {
 template <class E>
 auto as_eigen(E& t) {
   using T = detail::xt_value_t<E>;
-  using Map = Eigen::Map<std::conditional_t<std::is_const<E>::value, const Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>,
-                                            Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>>;
-  HEADALIGN_CHECK(t.dimension() == 2, "as_eigen: the array has " << t.dimension() << " dimensions, expected 2");
-  HEADALIGN_CHECK(detail::xt_is_row_major_contiguous(t), "as_eigen: the array is not contiguous and row-major");
+  using Map =
+      Eigen::Map<std::conditional_t<std::is_const<E>::value,
+                                    const Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>,
+                                    Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>>;
+  HEADALIGN_CHECK(t.dimension() == 2,
+                  "as_eigen: the array has " << t.dimension() << " dimensions, expected 2");
+  HEADALIGN_CHECK(detail::xt_is_row_major_contiguous(t),
+                  "as_eigen: the array is not contiguous and row-major");
   return Map(t.data() + t.data_offset(), static_cast<Index>(t.shape()[0]), static_cast<Index>(t.shape()[1]));
 }
 
@@ -69,19 +73,21 @@ auto as_eigen(E& t) {
 /// layout as the matrix has it); it is valid while the matrix lives and is not resized.
 template <class Derived>
 auto as_xtensor(Eigen::PlainObjectBase<Derived>& m) {
-  const std::array<std::size_t, 2> shape = {static_cast<std::size_t>(m.rows()), static_cast<std::size_t>(m.cols())};
-  const std::array<std::size_t, 2> strides = Derived::IsRowMajor
-                                                 ? std::array<std::size_t, 2>{static_cast<std::size_t>(m.cols()), 1}
-                                                 : std::array<std::size_t, 2>{1, static_cast<std::size_t>(m.rows())};
+  const std::array<std::size_t, 2> shape = {static_cast<std::size_t>(m.rows()),
+                                            static_cast<std::size_t>(m.cols())};
+  const std::array<std::size_t, 2> strides =
+      Derived::IsRowMajor ? std::array<std::size_t, 2>{static_cast<std::size_t>(m.cols()), 1}
+                          : std::array<std::size_t, 2>{1, static_cast<std::size_t>(m.rows())};
   return xt::adapt(m.data(), static_cast<std::size_t>(m.size()), xt::no_ownership(), shape, strides);
 }
 
 /// @brief A row-major `xt::xtensor` copy of an Eigen matrix (e.g. a rotation to hand back).
 template <class Derived>
 xt::xtensor<typename Derived::Scalar, 2> to_xtensor(const Eigen::MatrixBase<Derived>& m) {
-  xt::xtensor<typename Derived::Scalar, 2> out({static_cast<std::size_t>(m.rows()), static_cast<std::size_t>(m.cols())});
-  Eigen::Map<Eigen::Matrix<typename Derived::Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>(out.data(), m.rows(),
-                                                                                                     m.cols()) = m;
+  xt::xtensor<typename Derived::Scalar, 2> out(
+      {static_cast<std::size_t>(m.rows()), static_cast<std::size_t>(m.cols())});
+  Eigen::Map<Eigen::Matrix<typename Derived::Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>(
+      out.data(), m.rows(), m.cols()) = m;
   return out;
 }
 
@@ -90,7 +96,8 @@ xt::xtensor<typename Derived::Scalar, 2> to_xtensor(const Eigen::MatrixBase<Deri
 template <class E, class F>
 decltype(auto) with_eigen(const xt::xexpression<E>& e, F&& f) {
   const E& x = e.derived_cast();
-  HEADALIGN_CHECK(x.dimension() == 2, "headalign: expected a 2-D array, got " << x.dimension() << " dimensions");
+  HEADALIGN_CHECK(x.dimension() == 2,
+                  "headalign: expected a 2-D array, got " << x.dimension() << " dimensions");
   if constexpr (xt::has_data_interface<E>::value) {
     if (detail::xt_is_row_major_contiguous(x)) return f(as_eigen(x));
   }
@@ -100,7 +107,8 @@ decltype(auto) with_eigen(const xt::xexpression<E>& e, F&& f) {
 
 /// @brief procrustes() of an xtensor expression M (d × d): maximises tr(Rᵀ M) over the alignment's set.
 template <class E>
-ProcrustesResult<detail::xt_value_t<E>> procrustes(const xt::xexpression<E>& m, Alignment alignment = Alignment::Orthogonal,
+ProcrustesResult<detail::xt_value_t<E>> procrustes(const xt::xexpression<E>& m,
+                                                   Alignment alignment = Alignment::Orthogonal,
                                                    RopeSpec rope = {}, ProcrustesOptions options = {}) {
   return with_eigen(m, [&](const auto& mm) { return procrustes(mm, alignment, rope, options); });
 }
@@ -115,9 +123,12 @@ detail::xt_value_t<E> procrustes_score(const xt::xexpression<E>& m, Alignment al
 /// @brief orthogonal_procrustes() of two xtensor expressions A, B (n × d, SciPy's convention:
 /// R minimises ‖A R − B‖_F).
 template <class EA, class EB>
-ProcrustesResult<detail::xt_value_t<EA>> orthogonal_procrustes(const xt::xexpression<EA>& a, const xt::xexpression<EB>& b) {
+ProcrustesResult<detail::xt_value_t<EA>> orthogonal_procrustes(const xt::xexpression<EA>& a,
+                                                               const xt::xexpression<EB>& b) {
   return with_eigen(a, [&](const auto& am) {
-    return with_eigen(b, [&](const auto& bm) { return orthogonal_procrustes(am, bm.template cast<detail::xt_value_t<EA>>()); });
+    return with_eigen(b, [&](const auto& bm) {
+      return orthogonal_procrustes(am, bm.template cast<detail::xt_value_t<EA>>());
+    });
   });
 }
 
@@ -137,25 +148,29 @@ void add(HeadGram<S>& g, const xt::xexpression<E>& tokens) {
 template <class S, class E>
 HeadGram<S> gram_from_activations(const xt::xexpression<E>& activations, bool normalize_rows = false) {
   const E& x = activations.derived_cast();
-  HEADALIGN_CHECK(x.dimension() == 3, "gram_from_activations: expected [heads, tokens, head_dim], got " << x.dimension()
-                                                                                                       << " dimensions");
-  const xt::xtensor<detail::xt_value_t<E>, 3, xt::layout_type::row_major> c = x;  // evaluated once (a copy only if needed)
-  return HeadGram<S>::from_activations(c.data(), static_cast<Index>(c.shape()[0]), static_cast<Index>(c.shape()[1]),
-                                       static_cast<Index>(c.shape()[2]), normalize_rows);
+  HEADALIGN_CHECK(x.dimension() == 3, "gram_from_activations: expected [heads, tokens, head_dim], got "
+                                          << x.dimension() << " dimensions");
+  const xt::xtensor<detail::xt_value_t<E>, 3, xt::layout_type::row_major> c =
+      x;  // evaluated once (a copy only if needed)
+  return HeadGram<S>::from_activations(c.data(), static_cast<Index>(c.shape()[0]),
+                                       static_cast<Index>(c.shape()[1]), static_cast<Index>(c.shape()[2]),
+                                       normalize_rows);
 }
 
 /// @brief similarity_matrix() of stored activations `[H, n, d]` given as an xtensor expression,
 /// returned as an H × H `xt::xtensor` (the Gram is accumulated in double).
 /// @param normalize_rows the `cos` criterion's row normalisation
 template <class E>
-xt::xtensor<double, 2> similarity_matrix(const xt::xexpression<E>& activations, Alignment alignment, Metric metric,
-                                         RopeSpec rope = {}, bool normalize_rows = true) {
-  return to_xtensor(similarity_matrix(gram_from_activations<double>(activations, normalize_rows), alignment, metric, rope));
+xt::xtensor<double, 2> similarity_matrix(const xt::xexpression<E>& activations, Alignment alignment,
+                                         Metric metric, RopeSpec rope = {}, bool normalize_rows = true) {
+  return to_xtensor(
+      similarity_matrix(gram_from_activations<double>(activations, normalize_rows), alignment, metric, rope));
 }
 
 /// @brief similarity_matrix() of a HeadGram, returned as an `xt::xtensor`.
 template <class S>
-xt::xtensor<S, 2> similarity_xtensor(const HeadGram<S>& g, Alignment alignment, Metric metric, RopeSpec rope = {}) {
+xt::xtensor<S, 2> similarity_xtensor(const HeadGram<S>& g, Alignment alignment, Metric metric,
+                                     RopeSpec rope = {}) {
   return to_xtensor(similarity_matrix(g, alignment, metric, rope));
 }
 

@@ -91,7 +91,7 @@ struct LayerSummary {
 struct ConvertReport {
   nlohmann::json json;  ///< exactly what report.json holds
   ModelConfig model;
-  Alignment keys = Alignment::None;           ///< the key alignment used (ConvertOptions::keys resolved)
+  Alignment keys = Alignment::None;  ///< the key alignment used (ConvertOptions::keys resolved)
   MergeWeighting merge_used = MergeWeighting::Mean;
   CalibrationKind calibration = CalibrationKind::DataFree;
   bool query_statistics = false;
@@ -120,7 +120,8 @@ inline const std::vector<std::pair<std::string, GroupBy>>& option_names<GroupBy>
 }
 template <>
 inline const std::vector<std::pair<std::string, Metric>>& option_names<Metric>() {
-  static const std::vector<std::pair<std::string, Metric>> n{{"cos", Metric::Cosine}, {"dist", Metric::Distance}};
+  static const std::vector<std::pair<std::string, Metric>> n{{"cos", Metric::Cosine},
+                                                             {"dist", Metric::Distance}};
   return n;
 }
 template <>
@@ -132,7 +133,8 @@ inline const std::vector<std::pair<std::string, Alignment>>& option_names<Alignm
   return n;
 }
 template <>
-inline const std::vector<std::pair<std::string, GroupingOptions::Method>>& option_names<GroupingOptions::Method>() {
+inline const std::vector<std::pair<std::string, GroupingOptions::Method>>&
+option_names<GroupingOptions::Method>() {
   static const std::vector<std::pair<std::string, GroupingOptions::Method>> n{
       {"local", GroupingOptions::Method::LocalSearch},
       {"hill", GroupingOptions::Method::HillClimb},
@@ -159,7 +161,8 @@ template <class E>
 const std::string& option_name(E value) {
   for (const auto& n : option_names<E>())
     if (n.second == value) return n.first;
-  ::headalign::detail::throw_invalid_argument("option value " + std::to_string(static_cast<int>(value)) + " has no name");
+  ::headalign::detail::throw_invalid_argument("option value " + std::to_string(static_cast<int>(value)) +
+                                              " has no name");
 }
 
 namespace detail {
@@ -168,7 +171,9 @@ using ::headalign::detail::throw_invalid_argument;
 using ::headalign::detail::throw_io_error;
 namespace fs = std::filesystem;
 
-inline std::string layer_tensor(Index layer, const char* what) { return "layers." + std::to_string(layer) + "." + what; }
+inline std::string layer_tensor(Index layer, const char* what) {
+  return "layers." + std::to_string(layer) + "." + what;
+}
 
 /// The calibration source and whether it has query statistics for every layer.
 struct Calibration {
@@ -192,36 +197,41 @@ inline bool all_or_none(const SafetensorsReader& r, const ConvertOptions& o, con
   Index present = 0;
   for (Index i = 0; i < cfg.num_layers; ++i) present += r.contains(layer_tensor(i, "query"));
   if (present != 0 && present != cfg.num_layers)
-    throw_io_error("calibration file '" + o.calibration + "' has query statistics for " + std::to_string(present) + " of " +
-                   std::to_string(cfg.num_layers) + " layers ('layers.{i}.query'); give them for every layer or none");
+    throw_io_error("calibration file '" + o.calibration + "' has query statistics for " +
+                   std::to_string(present) + " of " + std::to_string(cfg.num_layers) +
+                   " layers ('layers.{i}.query'); give them for every layer or none");
   return present == cfg.num_layers;
 }
 
 /// Checks a Gram set's metadata against the model: every layer's key and value Grams of the
 /// model's shape and the criterion's normalisation, and query moments for all layers or none.
-inline Calibration inspect_gram_set(const SafetensorsReader& r, const ConvertOptions& o, const ModelConfig& cfg, bool cos) {
+inline Calibration inspect_gram_set(const SafetensorsReader& r, const ConvertOptions& o,
+                                    const ModelConfig& cfg, bool cos) {
   const auto& meta = r.metadata();
   const std::string heads_text = std::to_string(cfg.num_heads), dim_text = std::to_string(cfg.head_dim);
   for (Index i = 0; i < cfg.num_layers; ++i)
     for (const std::string& name : {layer_tensor(i, "key"), layer_tensor(i, "value")}) {
-      if (!r.contains(name)) throw_io_error("calibration Gram set '" + o.calibration + "' lacks '" + name + "'");
-      auto heads = meta.find(name + ".num_heads"), dim = meta.find(name + ".head_dim"), norm = meta.find(name + ".normalize_rows");
+      if (!r.contains(name))
+        throw_io_error("calibration Gram set '" + o.calibration + "' lacks '" + name + "'");
+      auto heads = meta.find(name + ".num_heads"), dim = meta.find(name + ".head_dim"),
+           norm = meta.find(name + ".normalize_rows");
       if (heads == meta.end() || dim == meta.end() || norm == meta.end())
         throw_io_error("calibration Gram set '" + o.calibration + "' lacks the metadata of '" + name + "'");
       if (heads->second != heads_text || dim->second != dim_text)
-        throw_io_error("calibration Gram '" + name + "' is " + heads->second + " heads × " + dim->second + ", the model has " +
-                       heads_text + " × " + dim_text);
+        throw_io_error("calibration Gram '" + name + "' is " + heads->second + " heads × " + dim->second +
+                       ", the model has " + heads_text + " × " + dim_text);
       if ((norm->second == "1") != cos)
-        throw_io_error("calibration Gram '" + name + "' was accumulated " + (norm->second == "1" ? "with" : "without") +
-                       " row normalisation, which criterion " + option_name(o.criterion) + " " +
-                       (cos ? "needs" : "does not use"));
+        throw_io_error("calibration Gram '" + name + "' was accumulated " +
+                       (norm->second == "1" ? "with" : "without") + " row normalisation, which criterion " +
+                       option_name(o.criterion) + " " + (cos ? "needs" : "does not use"));
     }
   const bool queries = all_or_none(r, o, cfg);
   for (Index i = 0; queries && i < cfg.num_layers; ++i) {
     const std::string name = layer_tensor(i, "query");
     auto heads = meta.find(name + ".num_heads"), dim = meta.find(name + ".head_dim");
     if (heads == meta.end() || dim == meta.end() || heads->second != heads_text || dim->second != dim_text)
-      throw_io_error("calibration query moments '" + name + "' lack metadata or are not " + heads_text + " heads × " + dim_text);
+      throw_io_error("calibration query moments '" + name + "' lack metadata or are not " + heads_text +
+                     " heads × " + dim_text);
   }
   return {CalibrationKind::Grams, queries};
 }
@@ -231,20 +241,24 @@ inline Calibration inspect_calibration(const ConvertOptions& o, const ModelConfi
   if (o.calibration.empty() || o.calibration == "none") return {CalibrationKind::DataFree, true};
   SafetensorsReader r(o.calibration);
   auto format = r.metadata().find("format");
-  if (format != r.metadata().end() && format->second == gram_set_format) return inspect_gram_set(r, o, cfg, cos);
+  if (format != r.metadata().end() && format->second == gram_set_format)
+    return inspect_gram_set(r, o, cfg, cos);
   const Index width = cfg.num_heads * cfg.head_dim;
   const bool queries = all_or_none(r, o, cfg);
   for (Index i = 0; i < cfg.num_layers; ++i)
     for (const char* what : {"key", "value", "query"}) {
       const std::string name = layer_tensor(i, what);
       if (std::string(what) == "query" && !queries) continue;
-      if (!r.contains(name)) throw_io_error("calibration file '" + o.calibration + "' lacks tensor '" + name + "'");
+      if (!r.contains(name))
+        throw_io_error("calibration file '" + o.calibration + "' lacks tensor '" + name + "'");
       const auto& t = r.info(name);
       if (!is_float(t.dtype))
-        throw_io_error("calibration tensor '" + name + "' has dtype " + dtype_name(t.dtype) + ", not F32/F16/BF16/F64");
+        throw_io_error("calibration tensor '" + name + "' has dtype " + dtype_name(t.dtype) +
+                       ", not F32/F16/BF16/F64");
       if (t.shape.size() != 2 || t.shape[1] != width || t.shape[0] == 0)
-        throw_io_error("calibration tensor '" + name + "' has shape " + ModelCheckpoint::shape_string(t.shape) +
-                       ", expected [tokens > 0, " + std::to_string(width) + "] (num_heads · head_dim)");
+        throw_io_error("calibration tensor '" + name + "' has shape " +
+                       ModelCheckpoint::shape_string(t.shape) + ", expected [tokens > 0, " +
+                       std::to_string(width) + "] (num_heads · head_dim)");
     }
   return {CalibrationKind::Activations, queries};
 }
@@ -254,19 +268,22 @@ inline ConvertPlan make_plan(const ConvertOptions& o, const ModelConfig& cfg) {
   ConvertPlan p;
   p.config = cfg;
   if (cfg.num_kv_heads != cfg.num_heads)
-    throw_invalid_argument("model '" + o.model + "' already uses GQA (num_key_value_heads = " + std::to_string(cfg.num_kv_heads) +
-                           " for " + std::to_string(cfg.num_heads) + " heads); only MHA checkpoints are converted");
+    throw_invalid_argument("model '" + o.model + "' already uses GQA (num_key_value_heads = " +
+                           std::to_string(cfg.num_kv_heads) + " for " + std::to_string(cfg.num_heads) +
+                           " heads); only MHA checkpoints are converted");
   if (o.kv_heads <= 0 || cfg.num_heads % o.kv_heads != 0)
-    throw_invalid_argument("kv_heads = " + std::to_string(o.kv_heads) + " does not divide num_attention_heads (" +
-                           std::to_string(cfg.num_heads) + ")");
+    throw_invalid_argument("kv_heads = " + std::to_string(o.kv_heads) +
+                           " does not divide num_attention_heads (" + std::to_string(cfg.num_heads) + ")");
   HEADALIGN_CHECK(o.threads >= 1, "threads (" << o.threads << ") must be at least 1");
   p.keys = o.keys ? *o.keys : cfg.has_rope ? Alignment::Rope : Alignment::Orthogonal;
   if (cfg.has_rope && (p.keys == Alignment::Orthogonal || p.keys == Alignment::Rotation))
     throw_invalid_argument("keys = " + option_name(p.keys) +
-                           " would change a RoPE model's function (a general rotation does not commute with RoPE); use rope or none");
+                           " would change a RoPE model's function (a general rotation does not commute with "
+                           "RoPE); use rope or none");
   if (!cfg.has_rope && p.keys == Alignment::Rope)
     throw_invalid_argument(cfg.model_type + " has no RoPE; use keys = orthogonal or none");
-  if (o.values == Alignment::Rope) throw_invalid_argument("values = rope: RoPE acts on keys only; use orthogonal, rotation or none");
+  if (o.values == Alignment::Rope)
+    throw_invalid_argument("values = rope: RoPE acts on keys only; use orthogonal, rotation or none");
   p.cos = o.criterion == Metric::Cosine;
   if (cfg.has_rope) p.merge.rope = cfg.rope;
   p.plan.num_groups = o.kv_heads;
@@ -285,10 +302,12 @@ inline ConvertPlan make_plan(const ConvertOptions& o, const ModelConfig& cfg) {
 inline void add_calibration(const ConvertOptions& o, ConvertPlan& p) {
   p.calibration = inspect_calibration(o, p.config, p.cos);
   // Full = query- and output-aware with query statistics, output-aware without.
-  p.merge_used = o.merge == MergeWeighting::Full && !p.calibration.queries ? MergeWeighting::OutputAware : o.merge;
+  p.merge_used =
+      o.merge == MergeWeighting::Full && !p.calibration.queries ? MergeWeighting::OutputAware : o.merge;
   if (o.merge == MergeWeighting::QueryAware && !p.calibration.queries)
-    throw_invalid_argument("merge = query needs query statistics: 'layers.{i}.query' [tokens, H·d] (pre-RoPE query "
-                           "projections) in the calibration file, query moments in the Gram set, or calibration none");
+    throw_invalid_argument(
+        "merge = query needs query statistics: 'layers.{i}.query' [tokens, H·d] (pre-RoPE query "
+        "projections) in the calibration file, query moments in the Gram set, or calibration none");
   p.merge.weighting = p.merge_used;
 }
 
@@ -316,8 +335,8 @@ void accumulate(SafetensorsReader& r, const std::string& name, Accumulator& g) {
     try {
       g.add(buf.data(), static_cast<Index>(k), static_cast<Index>(width));
     } catch (const ::headalign::invalid_argument& e) {
-      throw_io_error("calibration tensor '" + name + "', rows " + std::to_string(r0) + "–" + std::to_string(r0 + k - 1) + ": " +
-                     ::headalign::message_of(e));
+      throw_io_error("calibration tensor '" + name + "', rows " + std::to_string(r0) + "–" +
+                     std::to_string(r0 + k - 1) + ": " + ::headalign::message_of(e));
     }
   }
 }
@@ -328,20 +347,24 @@ struct LayerStatistics {
   std::optional<HeadMoments<double>> queries;
 };
 
-inline LayerStatistics layer_statistics(const ConvertPlan& p, SafetensorsReader* calib, const AttentionWeights<double>& w,
-                                        Index layer) {
+inline LayerStatistics layer_statistics(const ConvertPlan& p, SafetensorsReader* calib,
+                                        const AttentionWeights<double>& w, Index layer) {
   const ModelConfig& cfg = p.config;
-  LayerStatistics s{HeadGram<double>(cfg.num_heads, cfg.head_dim, p.cos), HeadGram<double>(cfg.num_heads, cfg.head_dim, p.cos), {}};
+  LayerStatistics s{HeadGram<double>(cfg.num_heads, cfg.head_dim, p.cos),
+                    HeadGram<double>(cfg.num_heads, cfg.head_dim, p.cos),
+                    {}};
   switch (p.calibration.kind) {
     case CalibrationKind::Activations:
       accumulate(*calib, layer_tensor(layer, "key"), s.keys);
       accumulate(*calib, layer_tensor(layer, "value"), s.values);
-      if (p.calibration.queries) accumulate(*calib, layer_tensor(layer, "query"), s.queries.emplace(cfg.num_heads, cfg.head_dim));
+      if (p.calibration.queries)
+        accumulate(*calib, layer_tensor(layer, "query"), s.queries.emplace(cfg.num_heads, cfg.head_dim));
       break;
     case CalibrationKind::Grams:
       s.keys = read_gram<double>(*calib, layer_tensor(layer, "key"));
       s.values = read_gram<double>(*calib, layer_tensor(layer, "value"));
-      if (p.calibration.queries) s.queries.emplace(read_moments<double>(*calib, layer_tensor(layer, "query")));
+      if (p.calibration.queries)
+        s.queries.emplace(read_moments<double>(*calib, layer_tensor(layer, "query")));
       break;
     case CalibrationKind::DataFree:
       s.keys = HeadGram<double>::from_weights(w.k, cfg.num_heads, cfg.head_dim);
@@ -370,7 +393,8 @@ inline nlohmann::json error_json(const MergeError<double>& e) {
 
 inline nlohmann::json gpa_json(const std::vector<GpaResult<double>>& r) {
   nlohmann::json a = nlohmann::json::array();
-  for (const auto& g : r) a.push_back({{"iterations", g.iterations}, {"converged", g.converged}, {"objective", g.objective}});
+  for (const auto& g : r)
+    a.push_back({{"iterations", g.iterations}, {"converged", g.converged}, {"objective", g.objective}});
   return a;
 }
 
@@ -385,9 +409,9 @@ inline nlohmann::json matrix_json(const Matrix<double>& m) {
 }
 
 /// A layer's summary and report.json entry from its plan and assessment.
-inline void describe_layer(LayerResult& res, Index layer, const LayerStatistics& s, const LayerPlan<double>& plan,
-                           const MergeAssessment<double>& assessed, const MergeError<double>& key_base,
-                           const MergeError<double>& value_base) {
+inline void describe_layer(LayerResult& res, Index layer, const LayerStatistics& s,
+                           const LayerPlan<double>& plan, const MergeAssessment<double>& assessed,
+                           const MergeError<double>& key_base, const MergeError<double>& value_base) {
   LayerSummary& sum = res.summary;
   sum.output_error = assessed.value_output.relative();
   sum.output_error_mean = assessed.value_output_mean.relative();
@@ -425,8 +449,8 @@ inline void describe_layer(LayerResult& res, Index layer, const LayerStatistics&
 }
 
 /// Reads, plans, converts and assesses one layer.
-inline LayerResult convert_one(const ConvertOptions& o, const ConvertPlan& p, ModelCheckpoint& ckpt, SafetensorsReader* calib,
-                               Index layer) {
+inline LayerResult convert_one(const ConvertOptions& o, const ConvertPlan& p, ModelCheckpoint& ckpt,
+                               SafetensorsReader* calib, Index layer) {
   const auto start = std::chrono::steady_clock::now();
   const AttentionWeights<double> w = ckpt.read_attention<double>(layer);
   LayerStatistics s = layer_statistics(p, calib, w, layer);
@@ -450,7 +474,8 @@ inline LayerResult convert_one(const ConvertOptions& o, const ConvertPlan& p, Mo
   res.summary.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   res.report["seconds"] = res.summary.seconds;
   if (!o.save_grams.empty()) {
-    if (p.calibration.kind == CalibrationKind::DataFree) s.queries.reset();  // data-free moments are not calibration
+    if (p.calibration.kind == CalibrationKind::DataFree)
+      s.queries.reset();  // data-free moments are not calibration
     res.statistics.emplace(std::move(s));
   }
   return res;
@@ -458,7 +483,8 @@ inline LayerResult convert_one(const ConvertOptions& o, const ConvertPlan& p, Mo
 
 /// Converts every layer, on up to @p threads threads (each with its own readers: readers are not
 /// shared); the first error stops the others and is rethrown.
-inline std::vector<LayerResult> convert_layers(const ConvertOptions& o, const ConvertPlan& p, ModelCheckpoint& ckpt, int threads,
+inline std::vector<LayerResult> convert_layers(const ConvertOptions& o, const ConvertPlan& p,
+                                               ModelCheckpoint& ckpt, int threads,
                                                const ProgressCallback& progress) {
   const std::size_t layers = static_cast<std::size_t>(p.config.num_layers);
   std::vector<LayerResult> results(layers);
@@ -472,7 +498,8 @@ inline std::vector<LayerResult> convert_layers(const ConvertOptions& o, const Co
       if (!use_main) own.emplace(o.model);
       ModelCheckpoint& ck = use_main ? ckpt : *own;
       std::unique_ptr<SafetensorsReader> calib;
-      if (p.calibration.kind != CalibrationKind::DataFree) calib = std::make_unique<SafetensorsReader>(o.calibration);
+      if (p.calibration.kind != CalibrationKind::DataFree)
+        calib = std::make_unique<SafetensorsReader>(o.calibration);
       for (std::size_t i; (i = next++) < layers;) {
         {
           std::lock_guard<std::mutex> lock(mutex);
@@ -517,14 +544,16 @@ inline void write_text(const fs::path& path, const std::string& text) {
 
 /// Every shard as in the input, the attention tensors replaced in their original dtype; returns
 /// the bytes of tensor data written.
-inline std::uint64_t write_shards(ModelCheckpoint& ckpt, const std::vector<LayerResult>& results, const fs::path& dir) {
+inline std::uint64_t write_shards(ModelCheckpoint& ckpt, const std::vector<LayerResult>& results,
+                                  const fs::path& dir) {
   using Weights = AttentionWeights<double>;
   // Tensor name → (layer, which part).
   std::map<std::string, std::pair<Index, char>> replaced;
   for (Index i = 0; i < ckpt.config().num_layers; ++i) {
     const auto n = ckpt.attention_names(i);
-    const std::pair<const std::string*, char> parts[] = {{&n.q, 'q'},      {&n.k, 'k'},      {&n.v, 'v'},      {&n.o, 'o'},
-                                                         {&n.q_bias, 'Q'}, {&n.k_bias, 'K'}, {&n.v_bias, 'V'}, {&n.o_bias, 'O'}};
+    const std::pair<const std::string*, char> parts[] = {{&n.q, 'q'},      {&n.k, 'k'},      {&n.v, 'v'},
+                                                         {&n.o, 'o'},      {&n.q_bias, 'Q'}, {&n.k_bias, 'K'},
+                                                         {&n.v_bias, 'V'}, {&n.o_bias, 'O'}};
     for (const auto& part : parts)
       if (!part.first->empty()) replaced[*part.first] = {i, part.second};
   }
@@ -541,16 +570,34 @@ inline std::uint64_t write_shards(ModelCheckpoint& ckpt, const std::vector<Layer
         continue;
       }
       const Weights& w = results[static_cast<std::size_t>(it->second.first)].converted;
-      const auto add = [&](const auto& m, std::vector<std::int64_t> shape) { writer.add_as(name, t.dtype, std::move(shape), m.data()); };
+      const auto add = [&](const auto& m, std::vector<std::int64_t> shape) {
+        writer.add_as(name, t.dtype, std::move(shape), m.data());
+      };
       switch (it->second.second) {
-        case 'q': add(w.q, {w.q.rows(), w.q.cols()}); break;
-        case 'k': add(w.k, {w.k.rows(), w.k.cols()}); break;
-        case 'v': add(w.v, {w.v.rows(), w.v.cols()}); break;
-        case 'o': add(w.o, {w.o.rows(), w.o.cols()}); break;
-        case 'Q': add(w.q_bias, {w.q_bias.size()}); break;
-        case 'K': add(w.k_bias, {w.k_bias.size()}); break;
-        case 'V': add(w.v_bias, {w.v_bias.size()}); break;
-        default: add(w.o_bias, {w.o_bias.size()}); break;
+        case 'q':
+          add(w.q, {w.q.rows(), w.q.cols()});
+          break;
+        case 'k':
+          add(w.k, {w.k.rows(), w.k.cols()});
+          break;
+        case 'v':
+          add(w.v, {w.v.rows(), w.v.cols()});
+          break;
+        case 'o':
+          add(w.o, {w.o.rows(), w.o.cols()});
+          break;
+        case 'Q':
+          add(w.q_bias, {w.q_bias.size()});
+          break;
+        case 'K':
+          add(w.k_bias, {w.k_bias.size()});
+          break;
+        case 'V':
+          add(w.v_bias, {w.v_bias.size()});
+          break;
+        default:
+          add(w.o_bias, {w.o_bias.size()});
+          break;
       }
     }
     total_size += writer.data_bytes();
@@ -561,8 +608,8 @@ inline std::uint64_t write_shards(ModelCheckpoint& ckpt, const std::vector<Layer
 
 /// The index (with the new total size), config.json with the new KV-head count, and the model's
 /// other files (tokenizer, generation config, pooling settings, ...) unchanged.
-inline void write_model_files(const ConvertOptions& o, const ModelCheckpoint& ckpt, Index kv_heads, std::uint64_t total_size,
-                              const fs::path& dir) {
+inline void write_model_files(const ConvertOptions& o, const ModelCheckpoint& ckpt, Index kv_heads,
+                              std::uint64_t total_size, const fs::path& dir) {
   if (ckpt.sharded()) {
     nlohmann::json index = parse_json_file(o.model + "/model.safetensors.index.json");
     index["metadata"]["total_size"] = total_size;
@@ -580,7 +627,8 @@ inline void write_model_files(const ConvertOptions& o, const ModelCheckpoint& ck
   }
 }
 
-inline nlohmann::json report_json(const ConvertOptions& o, const ConvertReport& r, const std::vector<LayerResult>& results) {
+inline nlohmann::json report_json(const ConvertOptions& o, const ConvertReport& r,
+                                  const std::vector<LayerResult>& results) {
   const ModelConfig& cfg = r.model;
   nlohmann::json report;
   report["model"] = o.model;
@@ -638,13 +686,15 @@ inline void save_statistics(const std::string& path, const std::vector<LayerResu
 /// @throws invalid_argument for options that do not fit the model; io_error for missing,
 ///         malformed or mismatching files, an existing output, or a write that fails — the output
 ///         directory does not exist then
-inline ConvertReport convert_checkpoint(const ConvertOptions& options, const ProgressCallback& progress = {}) {
+inline ConvertReport convert_checkpoint(const ConvertOptions& options,
+                                        const ProgressCallback& progress = {}) {
   namespace fs = std::filesystem;
   HEADALIGN_CHECK(!options.output.empty(), "convert_checkpoint: no output directory given");
   ModelCheckpoint ckpt(options.model);
   const fs::path out(options.output);
   detail::ConvertPlan plan = detail::make_plan(options, ckpt.config());
-  if (fs::exists(out)) detail::throw_io_error("output '" + options.output + "' already exists; remove it or choose another");
+  if (fs::exists(out))
+    detail::throw_io_error("output '" + options.output + "' already exists; remove it or choose another");
   detail::add_calibration(options, plan);
 
   ConvertReport report;
@@ -663,21 +713,26 @@ inline ConvertReport convert_checkpoint(const ConvertOptions& options, const Pro
   tmp.path = parent / (out.filename().string() + ".tmp." + std::to_string(::getpid()));
   std::error_code ec;
   if (!fs::create_directory(tmp.path, ec) || ec)
-    detail::throw_io_error("cannot create '" + tmp.path.string() + "'" + (ec ? " (" + ec.message() + ")" : std::string()));
+    detail::throw_io_error("cannot create '" + tmp.path.string() + "'" +
+                           (ec ? " (" + ec.message() + ")" : std::string()));
 
   const auto start = std::chrono::steady_clock::now();
-  const std::vector<detail::LayerResult> results = detail::convert_layers(options, plan, ckpt, report.threads, progress);
+  const std::vector<detail::LayerResult> results =
+      detail::convert_layers(options, plan, ckpt, report.threads, progress);
   report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   for (const auto& r : results) report.layers.push_back(r.summary);
 
   const std::uint64_t total_size = detail::write_shards(ckpt, results, tmp.path);
-  detail::filesystem_step([&] { detail::write_model_files(options, ckpt, report.kv_heads, total_size, tmp.path); });
+  detail::filesystem_step(
+      [&] { detail::write_model_files(options, ckpt, report.kv_heads, total_size, tmp.path); });
   report.json = detail::report_json(options, report, results);
   detail::write_text(tmp.path / "report.json", report.json.dump(2) + "\n");
   if (!options.save_grams.empty()) detail::save_statistics(options.save_grams, results);
 
   fs::rename(tmp.path, out, ec);
-  if (ec) detail::throw_io_error("cannot rename '" + tmp.path.string() + "' to '" + options.output + "' (" + ec.message() + ")");
+  if (ec)
+    detail::throw_io_error("cannot rename '" + tmp.path.string() + "' to '" + options.output + "' (" +
+                           ec.message() + ")");
   tmp.keep = true;
   return report;
 }

@@ -36,7 +36,8 @@ inline const std::string gram_set_format = "headalign.HeadGramSet";
 namespace detail {
 
 /// The metadata value @p key of @p r; io_error "<where> lacks metadata '<key>'" when it is missing.
-inline const std::string& metadata_field(const SafetensorsReader& r, const std::string& key, const std::string& where) {
+inline const std::string& metadata_field(const SafetensorsReader& r, const std::string& key,
+                                         const std::string& where) {
   auto it = r.metadata().find(key);
   if (it == r.metadata().end()) ::headalign::detail::throw_io_error(where + " lacks metadata '" + key + "'");
   return it->second;
@@ -46,7 +47,8 @@ inline const std::string& metadata_field(const SafetensorsReader& r, const std::
 inline Index metadata_index(const SafetensorsReader& r, const std::string& key, const std::string& where) {
   const std::string& s = metadata_field(r, key, where);
   if (s.empty() || s.size() > 18 || s.find_first_not_of("0123456789") != std::string::npos)
-    ::headalign::detail::throw_io_error(where + ": metadata '" + key + "' = '" + s + "' is not a non-negative integer");
+    ::headalign::detail::throw_io_error(where + ": metadata '" + key + "' = '" + s +
+                                        "' is not a non-negative integer");
   return static_cast<Index>(std::stoll(s));
 }
 
@@ -95,21 +97,25 @@ HeadGram<S> read_gram(SafetensorsReader& r, const std::string& name) {
   const std::string tensor = name.empty() ? std::string("gram") : name;
   const std::string p = name.empty() ? std::string() : name + ".";
   const std::string where = "HeadGram file '" + r.path() + "'";
-  const Index h = detail::metadata_index(r, p + "num_heads", where), d = detail::metadata_index(r, p + "head_dim", where),
+  const Index h = detail::metadata_index(r, p + "num_heads", where),
+              d = detail::metadata_index(r, p + "head_dim", where),
               n = detail::metadata_index(r, p + "tokens", where);
   const std::string& norm = detail::metadata_field(r, p + "normalize_rows", where);
   if (norm != "0" && norm != "1") throw_io_error(where + ": " + p + "normalize_rows must be 0 or 1");
   if (h <= 0 || d <= 0 || h > (1 << 16) || d > (1 << 16) || h * d > (1 << 16))
-    throw_io_error(where + ": implausible num_heads " + std::to_string(h) + " / head_dim " + std::to_string(d));
+    throw_io_error(where + ": implausible num_heads " + std::to_string(h) + " / head_dim " +
+                   std::to_string(d));
   if (!r.contains(tensor)) throw_io_error(where + " has no tensor '" + tensor + "'");
   const auto& info = r.info(tensor);
   if (info.shape.size() != 2 || info.shape[0] != h * d || info.shape[1] != h * d)
-    throw_io_error(where + ": tensor '" + tensor + "' is not [" + std::to_string(h * d) + ", " + std::to_string(h * d) + "]");
+    throw_io_error(where + ": tensor '" + tensor + "' is not [" + std::to_string(h * d) + ", " +
+                   std::to_string(h * d) + "]");
   Matrix<S> full(h * d, h * d);
   r.read(tensor, 0, static_cast<std::uint64_t>(full.size()), full.data());
   if (!::headalign::detail::all_finite(full)) throw_io_error(where + ": '" + tensor + "' holds NaN or Inf");
   if (full != full.transpose()) throw_io_error(where + ": '" + tensor + "' is not symmetric");
-  if ((full.diagonal().array() < S(0)).any()) throw_io_error(where + ": '" + tensor + "' has a negative diagonal");
+  if ((full.diagonal().array() < S(0)).any())
+    throw_io_error(where + ": '" + tensor + "' has a negative diagonal");
   try {
     return HeadGram<S>::from_gram(std::move(full), h, d, n, norm == "1");
   } catch (const ::headalign::invalid_argument& e) {
@@ -145,14 +151,16 @@ HeadMoments<S> read_moments(SafetensorsReader& r, const std::string& name) {
   const std::string where = "'" + r.path() + "'";
   if (detail::metadata_field(r, name + ".kind", where) != "moments")
     throw_io_error(where + ": '" + name + "' is not a HeadMoments tensor");
-  const Index h = detail::metadata_index(r, name + ".num_heads", where), d = detail::metadata_index(r, name + ".head_dim", where),
+  const Index h = detail::metadata_index(r, name + ".num_heads", where),
+              d = detail::metadata_index(r, name + ".head_dim", where),
               n = detail::metadata_index(r, name + ".tokens", where);
   if (h <= 0 || d <= 0 || h > (1 << 16) || d > (1 << 12))
-    throw_io_error(where + ": implausible num_heads " + std::to_string(h) + " / head_dim " + std::to_string(d));
+    throw_io_error(where + ": implausible num_heads " + std::to_string(h) + " / head_dim " +
+                   std::to_string(d));
   if (!r.contains(name)) throw_io_error(where + " has no tensor '" + name + "'");
   if (r.info(name).shape != std::vector<std::int64_t>{h, d, d})
-    throw_io_error(where + ": tensor '" + name + "' is not [" + std::to_string(h) + ", " + std::to_string(d) + ", " +
-                   std::to_string(d) + "]");
+    throw_io_error(where + ": tensor '" + name + "' is not [" + std::to_string(h) + ", " + std::to_string(d) +
+                   ", " + std::to_string(d) + "]");
   std::vector<Matrix<S>> blocks(static_cast<std::size_t>(h), Matrix<S>(d, d));
   for (Index i = 0; i < h; ++i) {
     Matrix<S>& b = blocks[static_cast<std::size_t>(i)];
@@ -201,7 +209,8 @@ void save_grams(const std::string& path, const std::vector<std::pair<std::string
     write_gram(w, kv.first, *kv.second);
   }
   for (const auto& kv : moments) {
-    HEADALIGN_CHECK(!kv.first.empty() && kv.second != nullptr, "save_grams: every set of moments needs a name");
+    HEADALIGN_CHECK(!kv.first.empty() && kv.second != nullptr,
+                    "save_grams: every set of moments needs a name");
     write_moments(w, kv.first, *kv.second);
   }
   w.set_metadata("format", gram_set_format);

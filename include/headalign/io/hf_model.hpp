@@ -32,9 +32,9 @@ struct ModelConfig {
   std::string model_type;  ///< as in config.json
   Architecture architecture = Architecture::Llama;
   Index num_layers = 0, num_heads = 0, num_kv_heads = 0, head_dim = 0, hidden_size = 0;
-  bool has_rope = true;    ///< false for BERT
-  RopeSpec rope = {};      ///< pairing and rotary dims (half-split for Llama/Mistral/Qwen2)
-  nlohmann::json json;     ///< the whole config, for writing it back
+  bool has_rope = true;  ///< false for BERT
+  RopeSpec rope = {};    ///< pairing and rotary dims (half-split for Llama/Mistral/Qwen2)
+  nlohmann::json json;   ///< the whole config, for writing it back
 };
 
 namespace detail {
@@ -45,7 +45,8 @@ inline std::string read_text_file(const std::string& path, std::uint64_t max_byt
   in.seekg(0, std::ios::end);
   const auto size = static_cast<std::int64_t>(in.tellg());
   if (size < 0 || static_cast<std::uint64_t>(size) > max_bytes)
-    ::headalign::detail::throw_io_error("'" + path + "' is larger than " + std::to_string(max_bytes) + " bytes");
+    ::headalign::detail::throw_io_error("'" + path + "' is larger than " + std::to_string(max_bytes) +
+                                        " bytes");
   in.seekg(0);
   std::string text(static_cast<std::size_t>(size), '\0');
   in.read(text.data(), size);
@@ -62,14 +63,16 @@ inline nlohmann::json parse_json_file(const std::string& path) {
 }
 
 /// A positive integer field of a JSON object; @p fallback (≥ 0) when absent, throws otherwise.
-inline Index json_positive(const nlohmann::json& j, const std::string& key, const std::string& source, Index fallback = -1) {
+inline Index json_positive(const nlohmann::json& j, const std::string& key, const std::string& source,
+                           Index fallback = -1) {
   if (!j.contains(key) || j[key].is_null()) {
     if (fallback >= 0) return fallback;
     ::headalign::detail::throw_io_error(source + ": '" + key + "' is missing");
   }
   const auto& v = j[key];
   if (!v.is_number_integer() || v.get<std::int64_t>() <= 0 || v.get<std::int64_t>() > (std::int64_t(1) << 24))
-    ::headalign::detail::throw_io_error(source + ": '" + key + "' = " + v.dump() + " is not a positive integer");
+    ::headalign::detail::throw_io_error(source + ": '" + key + "' = " + v.dump() +
+                                        " is not a positive integer");
   return static_cast<Index>(v.get<std::int64_t>());
 }
 
@@ -100,13 +103,15 @@ inline ModelConfig parse_model_config(const nlohmann::json& j, const std::string
   c.num_kv_heads = detail::json_positive(j, "num_key_value_heads", source, c.num_heads);
   if (c.num_heads % c.num_kv_heads != 0)
     ::headalign::detail::throw_io_error(source + ": num_attention_heads (" + std::to_string(c.num_heads) +
-                                        ") is not divisible by num_key_value_heads (" + std::to_string(c.num_kv_heads) + ")");
+                                        ") is not divisible by num_key_value_heads (" +
+                                        std::to_string(c.num_kv_heads) + ")");
   if (c.architecture != Architecture::Bert && j.contains("head_dim") && !j["head_dim"].is_null()) {
     c.head_dim = detail::json_positive(j, "head_dim", source);
   } else {
     if (c.hidden_size % c.num_heads != 0)
       ::headalign::detail::throw_io_error(source + ": hidden_size (" + std::to_string(c.hidden_size) +
-                                          ") is not divisible by num_attention_heads (" + std::to_string(c.num_heads) + ")");
+                                          ") is not divisible by num_attention_heads (" +
+                                          std::to_string(c.num_heads) + ")");
     c.head_dim = c.hidden_size / c.num_heads;
   }
   c.has_rope = c.architecture != Architecture::Bert;
@@ -116,7 +121,8 @@ inline ModelConfig parse_model_config(const nlohmann::json& j, const std::string
     if (j.contains("partial_rotary_factor") && !j["partial_rotary_factor"].is_null()) {
       const auto& f = j["partial_rotary_factor"];
       if (!f.is_number() || !(f.get<double>() > 0) || f.get<double>() > 1)
-        ::headalign::detail::throw_io_error(source + ": partial_rotary_factor = " + f.dump() + " is not in (0, 1]");
+        ::headalign::detail::throw_io_error(source + ": partial_rotary_factor = " + f.dump() +
+                                            " is not in (0, 1]");
       c.rope.rotary_dims = static_cast<Index>(std::floor(static_cast<double>(c.head_dim) * f.get<double>()));
     }
     try {
@@ -148,24 +154,29 @@ class ModelCheckpoint {
       if (!j.is_object() || !j.contains("weight_map") || !j["weight_map"].is_object())
         ::headalign::detail::throw_io_error("'" + index + "' has no weight_map object");
       for (auto it = j["weight_map"].begin(); it != j["weight_map"].end(); ++it) {
-        if (!it.value().is_string()) ::headalign::detail::throw_io_error("'" + index + "': shard of '" + it.key() + "' is not a string");
+        if (!it.value().is_string())
+          ::headalign::detail::throw_io_error("'" + index + "': shard of '" + it.key() + "' is not a string");
         const std::string file = it.value().get<std::string>();
-        if (file.empty() || file.find('/') != std::string::npos || file.find('\\') != std::string::npos || file == "." ||
-            file == "..")
-          ::headalign::detail::throw_io_error("'" + index + "': shard name '" + file + "' is not a plain file name");
+        if (file.empty() || file.find('/') != std::string::npos || file.find('\\') != std::string::npos ||
+            file == "." || file == "..")
+          ::headalign::detail::throw_io_error("'" + index + "': shard name '" + file +
+                                              "' is not a plain file name");
         open_shard(file);
         shard_of_[it.key()] = file;
       }
       for (const auto& kv : shard_of_)
         if (!readers_.at(kv.second)->contains(kv.first))
-          ::headalign::detail::throw_io_error("'" + index + "' maps '" + kv.first + "' to '" + kv.second + "', which lacks it");
+          ::headalign::detail::throw_io_error("'" + index + "' maps '" + kv.first + "' to '" + kv.second +
+                                              "', which lacks it");
       for (const auto& file : shards_)
         for (const auto& name : readers_.at(file)->names())
           if (!shard_of_.count(name))
-            ::headalign::detail::throw_io_error("shard '" + file + "' holds '" + name + "', which the index does not list");
+            ::headalign::detail::throw_io_error("shard '" + file + "' holds '" + name +
+                                                "', which the index does not list");
     } else {
       open_shard("model.safetensors");
-      for (const auto& name : readers_.at("model.safetensors")->names()) shard_of_[name] = "model.safetensors";
+      for (const auto& name : readers_.at("model.safetensors")->names())
+        shard_of_[name] = "model.safetensors";
     }
     if (config_.architecture == Architecture::Bert)
       bert_prefix_ = contains("encoder.layer.0.attention.self.query.weight") ? "" : "bert.";
@@ -180,7 +191,8 @@ class ModelCheckpoint {
   /// The shard file that holds tensor @p name.
   const std::string& shard_of(const std::string& name) const {
     auto it = shard_of_.find(name);
-    if (it == shard_of_.end()) ::headalign::detail::throw_io_error("model '" + dir_ + "' has no tensor '" + name + "'");
+    if (it == shard_of_.end())
+      ::headalign::detail::throw_io_error("model '" + dir_ + "' has no tensor '" + name + "'");
     return it->second;
   }
   SafetensorsReader& reader(const std::string& shard) { return *readers_.at(shard); }
@@ -223,16 +235,19 @@ class ModelCheckpoint {
     HEADALIGN_CHECK(layer >= 0 && layer < config_.num_layers,
                     "layer " << layer << " out of range for " << config_.num_layers << " layers");
     const AttentionNames n = attention_names(layer);
-    const Index h = config_.num_heads, kv = config_.num_kv_heads, d = config_.head_dim, hid = config_.hidden_size;
+    const Index h = config_.num_heads, kv = config_.num_kv_heads, d = config_.head_dim,
+                hid = config_.hidden_size;
     AttentionWeights<S> w;
     w.num_heads = h;
     w.num_kv_heads = kv;
     w.head_dim = d;
-    auto matrix = [&](const std::string& name, Index rows, Index cols, typename AttentionWeights<S>::Rows& out) {
+    auto matrix = [&](const std::string& name, Index rows, Index cols,
+                      typename AttentionWeights<S>::Rows& out) {
       const TensorInfo& t = reader_for(name).info(name);
       if (t.shape.size() != 2 || t.shape[0] != rows || t.shape[1] != cols)
-        ::headalign::detail::throw_io_error("tensor '" + name + "' has shape " + shape_string(t.shape) + ", config.json implies [" +
-                                            std::to_string(rows) + ", " + std::to_string(cols) + "]");
+        ::headalign::detail::throw_io_error("tensor '" + name + "' has shape " + shape_string(t.shape) +
+                                            ", config.json implies [" + std::to_string(rows) + ", " +
+                                            std::to_string(cols) + "]");
       out.resize(rows, cols);
       reader_for(name).read(name, 0, static_cast<std::uint64_t>(rows * cols), out.data());
     };
@@ -240,8 +255,8 @@ class ModelCheckpoint {
       if (name.empty()) return;
       const TensorInfo& t = reader_for(name).info(name);
       if (t.shape.size() != 1 || t.shape[0] != size)
-        ::headalign::detail::throw_io_error("tensor '" + name + "' has shape " + shape_string(t.shape) + ", expected [" +
-                                            std::to_string(size) + "]");
+        ::headalign::detail::throw_io_error("tensor '" + name + "' has shape " + shape_string(t.shape) +
+                                            ", expected [" + std::to_string(size) + "]");
       out.resize(size);
       reader_for(name).read(name, 0, static_cast<std::uint64_t>(size), out.data());
     };
@@ -256,7 +271,8 @@ class ModelCheckpoint {
     try {
       w.validate();
     } catch (const ::headalign::invalid_argument& e) {
-      ::headalign::detail::throw_io_error("layer " + std::to_string(layer) + " of '" + dir_ + "': " + e.what());
+      ::headalign::detail::throw_io_error("layer " + std::to_string(layer) + " of '" + dir_ +
+                                          "': " + e.what());
     }
     return w;
   }

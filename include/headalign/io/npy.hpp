@@ -31,7 +31,7 @@ namespace headalign::io {
 
 /// @brief Caps that bound what a `.npy` file may make the reader allocate.
 struct NpyLimits {
-  std::uint64_t max_header_bytes = 10000;           ///< numpy's own default `max_header_size`
+  std::uint64_t max_header_bytes = 10000;                 ///< numpy's own default `max_header_size`
   std::uint64_t max_data_bytes = std::uint64_t(1) << 40;  ///< 1 TiB
 };
 
@@ -72,7 +72,9 @@ class NpyLexer {
  public:
   NpyLexer(const char* p, const char* end, const std::string& where) : p_(p), end_(end), where_(where) {}
 
-  [[noreturn]] void fail(const std::string& what) const { npy_error(where_, "malformed header (" + what + ")"); }
+  [[noreturn]] void fail(const std::string& what) const {
+    npy_error(where_, "malformed header (" + what + ")");
+  }
 
   void skip_space() {
     while (p_ < end_ && (*p_ == ' ' || *p_ == '\t' || *p_ == '\n' || *p_ == '\r')) ++p_;
@@ -130,7 +132,8 @@ class NpyLexer {
     }
     if (p_ == start) fail("a dimension is not a non-negative integer");
     if (p_ < end_ && *p_ == 'L') ++p_;
-    if (v > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max())) npy_error(where_, "dimension overflows");
+    if (v > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max()))
+      npy_error(where_, "dimension overflows");
     return static_cast<std::int64_t>(v);
   }
   bool done() {
@@ -147,7 +150,8 @@ class NpyLexer {
 /// The dtype of a `descr` string: byte order, kind and size of a plain numeric type.
 inline void parse_npy_descr(const std::string& d, NpyInfo& info, const std::string& where) {
   info.descr = d;
-  if (d.size() < 3 || std::string("<>|=").find(d[0]) == std::string::npos) npy_error(where, "unsupported dtype '" + d + "'");
+  if (d.size() < 3 || std::string("<>|=").find(d[0]) == std::string::npos)
+    npy_error(where, "unsupported dtype '" + d + "'");
   info.kind = d[1];
   const std::string digits = d.substr(2);
   if (digits.empty() || digits.size() > 2 || digits.find_first_not_of("0123456789") != std::string::npos)
@@ -157,7 +161,8 @@ inline void parse_npy_descr(const std::string& d, NpyInfo& info, const std::stri
   const bool ok = (info.kind == 'f' && (w == 2 || w == 4 || w == 8)) ||
                   ((info.kind == 'i' || info.kind == 'u') && (w == 1 || w == 2 || w == 4 || w == 8)) ||
                   (info.kind == 'b' && w == 1);
-  if (!ok) npy_error(where, "unsupported dtype '" + d + "' (floats f2/f4/f8, integers i/u 1–8 bytes, bool b1)");
+  if (!ok)
+    npy_error(where, "unsupported dtype '" + d + "' (floats f2/f4/f8, integers i/u 1–8 bytes, bool b1)");
   if (d[0] == '|' && w != 1) npy_error(where, "dtype '" + d + "' has no byte order");
   info.big_endian = d[0] == '>' || (d[0] == '=' && !little_endian());
 }
@@ -189,15 +194,19 @@ inline void parse_npy_dict(NpyLexer& lex, NpyInfo& info, const std::string& wher
     } else if (key == "fortran_order") {
       if (have_order) lex.fail("'fortran_order' given twice");
       have_order = true;
-      if (lex.accept_word("True")) info.fortran_order = true;
-      else if (lex.accept_word("False")) info.fortran_order = false;
-      else lex.fail("fortran_order must be True or False");
+      if (lex.accept_word("True"))
+        info.fortran_order = true;
+      else if (lex.accept_word("False"))
+        info.fortran_order = false;
+      else
+        lex.fail("fortran_order must be True or False");
     } else if (key == "shape") {
       if (have_shape) lex.fail("'shape' given twice");
       have_shape = true;
       parse_npy_shape(lex, info, where);
     } else {
-      npy_error(where, "unexpected header key '" + key + "' (a .npy header has exactly descr, fortran_order, shape)");
+      npy_error(where, "unexpected header key '" + key +
+                           "' (a .npy header has exactly descr, fortran_order, shape)");
     }
     if (lex.accept(',')) continue;
     lex.expect('}');
@@ -209,19 +218,23 @@ inline void parse_npy_dict(NpyLexer& lex, NpyInfo& info, const std::string& wher
 
 /// The data size the header announces, overflow-checked against the cap, must be exactly what
 /// the file holds after the header.
-inline void check_npy_data_size(const NpyInfo& info, std::uint64_t file_size, const NpyLimits& limits, const std::string& where) {
+inline void check_npy_data_size(const NpyInfo& info, std::uint64_t file_size, const NpyLimits& limits,
+                                const std::string& where) {
   std::uint64_t bytes = info.item_size;
   for (auto s : info.shape) {
     const auto u = static_cast<std::uint64_t>(s);
     if (u != 0 && bytes > limits.max_data_bytes / u)
-      npy_error(where, "the shape announces more than " + std::to_string(limits.max_data_bytes) + " bytes of data");
+      npy_error(where,
+                "the shape announces more than " + std::to_string(limits.max_data_bytes) + " bytes of data");
     bytes *= u;
   }
   if (bytes > limits.max_data_bytes)
-    npy_error(where, "the shape announces more than " + std::to_string(limits.max_data_bytes) + " bytes of data");
+    npy_error(where,
+              "the shape announces more than " + std::to_string(limits.max_data_bytes) + " bytes of data");
   const std::uint64_t have = file_size - info.data_offset;
   if (have < bytes)
-    npy_error(where, "truncated: the header announces " + std::to_string(bytes) + " data bytes, the file has " + std::to_string(have));
+    npy_error(where, "truncated: the header announces " + std::to_string(bytes) +
+                         " data bytes, the file has " + std::to_string(have));
   if (have > bytes) npy_error(where, std::to_string(have - bytes) + " bytes after the announced data");
 }
 
@@ -236,11 +249,13 @@ inline NpyInfo parse_npy_header(const unsigned char* data, std::size_t size, std
   info.major = data[6];
   info.minor = data[7];
   if (info.major < 1 || info.major > 3 || info.minor != 0)
-    npy_error(where, "unsupported format version " + std::to_string(info.major) + "." + std::to_string(info.minor));
+    npy_error(where,
+              "unsupported format version " + std::to_string(info.major) + "." + std::to_string(info.minor));
   const std::size_t len_bytes = info.major == 1 ? 2 : 4;
   if (size < 8 + len_bytes) npy_error(where, "truncated header");
   std::uint64_t header_len = 0;
-  for (std::size_t i = 0; i < len_bytes; ++i) header_len |= static_cast<std::uint64_t>(data[8 + i]) << (8 * i);
+  for (std::size_t i = 0; i < len_bytes; ++i)
+    header_len |= static_cast<std::uint64_t>(data[8 + i]) << (8 * i);
   if (header_len > limits.max_header_bytes)
     npy_error(where, "header of " + std::to_string(header_len) + " bytes exceeds the limit of " +
                          std::to_string(limits.max_header_bytes));
@@ -280,23 +295,45 @@ void npy_convert(const NpyInfo& info, const unsigned char* src, std::size_t coun
         break;
       case 'i': {
         std::int64_t v = 0;
-        if (w == 1) { std::int8_t x; std::memcpy(&x, b, 1); v = x; }
-        else if (w == 2) { std::int16_t x; std::memcpy(&x, b, 2); v = x; }
-        else if (w == 4) { std::int32_t x; std::memcpy(&x, b, 4); v = x; }
-        else { std::memcpy(&v, b, 8); }
+        if (w == 1) {
+          std::int8_t x;
+          std::memcpy(&x, b, 1);
+          v = x;
+        } else if (w == 2) {
+          std::int16_t x;
+          std::memcpy(&x, b, 2);
+          v = x;
+        } else if (w == 4) {
+          std::int32_t x;
+          std::memcpy(&x, b, 4);
+          v = x;
+        } else {
+          std::memcpy(&v, b, 8);
+        }
         dst[i] = static_cast<T>(v);
         break;
       }
       case 'u': {
         std::uint64_t v = 0;
-        if (w == 1) { v = b[0]; }
-        else if (w == 2) { std::uint16_t x; std::memcpy(&x, b, 2); v = x; }
-        else if (w == 4) { std::uint32_t x; std::memcpy(&x, b, 4); v = x; }
-        else { std::memcpy(&v, b, 8); }
+        if (w == 1) {
+          v = b[0];
+        } else if (w == 2) {
+          std::uint16_t x;
+          std::memcpy(&x, b, 2);
+          v = x;
+        } else if (w == 4) {
+          std::uint32_t x;
+          std::memcpy(&x, b, 4);
+          v = x;
+        } else {
+          std::memcpy(&v, b, 8);
+        }
         dst[i] = static_cast<T>(v);
         break;
       }
-      default: dst[i] = static_cast<T>(b[0] != 0); break;  // 'b'
+      default:
+        dst[i] = static_cast<T>(b[0] != 0);
+        break;  // 'b'
     }
   }
 }
@@ -349,7 +386,8 @@ NpyArray<T> read_npy(const std::string& path, const NpyLimits& limits = {}) {
   // index and carry the Fortran offset along.
   out.data.resize(static_cast<std::size_t>(n));
   std::vector<std::uint64_t> fstride(nd, 1), idx(nd, 0);
-  for (std::size_t k = 1; k < nd; ++k) fstride[k] = fstride[k - 1] * static_cast<std::uint64_t>(info.shape[k - 1]);
+  for (std::size_t k = 1; k < nd; ++k)
+    fstride[k] = fstride[k - 1] * static_cast<std::uint64_t>(info.shape[k - 1]);
   std::uint64_t off = 0;
   for (std::uint64_t c = 0; c < n; ++c) {
     out.data[static_cast<std::size_t>(c)] = raw[static_cast<std::size_t>(off)];
@@ -372,9 +410,11 @@ Matrix<S> read_npy_matrix(const std::string& path, const NpyLimits& limits = {})
   NpyArray<S> a = read_npy<S>(path, limits);
   const auto& sh = a.info.shape;
   if (sh.size() != 1 && sh.size() != 2)
-    detail::npy_error(path, "expected a 1-D or 2-D array, found " + std::to_string(sh.size()) + " dimensions");
+    detail::npy_error(path,
+                      "expected a 1-D or 2-D array, found " + std::to_string(sh.size()) + " dimensions");
   const Index rows = static_cast<Index>(sh[0]), cols = sh.size() == 2 ? static_cast<Index>(sh[1]) : 1;
-  return Eigen::Map<const Eigen::Matrix<S, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>(a.data.data(), rows, cols);
+  return Eigen::Map<const Eigen::Matrix<S, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>(a.data.data(),
+                                                                                             rows, cols);
 }
 
 /// @brief Writes @p data (C order, @p shape) as a version 1.0 `.npy` file (2.0 when the header
@@ -382,8 +422,9 @@ Matrix<S> read_npy_matrix(const std::string& path, const NpyLimits& limits = {})
 /// @throws invalid_argument for a negative dimension; io_error when the file cannot be written
 template <class T>
 void write_npy(const std::string& path, const T* data, const std::vector<std::int64_t>& shape) {
-  static_assert(std::is_same<T, float>::value || std::is_same<T, double>::value || std::is_same<T, std::int32_t>::value ||
-                    std::is_same<T, std::int64_t>::value || std::is_same<T, std::uint8_t>::value || std::is_same<T, bool>::value,
+  static_assert(std::is_same<T, float>::value || std::is_same<T, double>::value ||
+                    std::is_same<T, std::int32_t>::value || std::is_same<T, std::int64_t>::value ||
+                    std::is_same<T, std::uint8_t>::value || std::is_same<T, bool>::value,
                 "headalign: write_npy writes float, double, int32, int64, uint8 or bool");
   if (!detail::little_endian()) ::headalign::detail::throw_io_error("write_npy needs a little-endian host");
   const char* descr = std::is_same<T, float>::value          ? "<f4"
@@ -399,9 +440,12 @@ void write_npy(const std::string& path, const T* data, const std::vector<std::in
     n *= static_cast<std::uint64_t>(s);
     dims += std::to_string(s) + ", ";
   }
-  if (shape.size() > 1) dims.resize(dims.size() - 2);
-  else if (shape.size() == 1) dims.resize(dims.size() - 1);  // "(5,)"
-  std::string header = std::string("{'descr': '") + descr + "', 'fortran_order': False, 'shape': (" + dims + "), }";
+  if (shape.size() > 1)
+    dims.resize(dims.size() - 2);
+  else if (shape.size() == 1)
+    dims.resize(dims.size() - 1);  // "(5,)"
+  std::string header =
+      std::string("{'descr': '") + descr + "', 'fortran_order': False, 'shape': (" + dims + "), }";
   const std::size_t prefix_v1 = 10, prefix_v2 = 12;
   const bool v2 = header.size() + 1 + prefix_v1 + 64 > 65535;
   const std::size_t prefix = v2 ? prefix_v2 : prefix_v1;
@@ -410,9 +454,12 @@ void write_npy(const std::string& path, const T* data, const std::vector<std::in
   detail::write_atomically(path, [&](std::FILE* f) {
     unsigned char pre[12] = {0x93, 'N', 'U', 'M', 'P', 'Y', static_cast<unsigned char>(v2 ? 2 : 1), 0};
     std::uint64_t len = header.size();
-    for (std::size_t i = 0; i < prefix - 8; ++i, len >>= 8) pre[8 + i] = static_cast<unsigned char>(len & 0xff);
-    bool ok = std::fwrite(pre, 1, prefix, f) == prefix && std::fwrite(header.data(), 1, header.size(), f) == header.size();
-    if (n) ok = ok && std::fwrite(data, sizeof(T), static_cast<std::size_t>(n), f) == static_cast<std::size_t>(n);
+    for (std::size_t i = 0; i < prefix - 8; ++i, len >>= 8)
+      pre[8 + i] = static_cast<unsigned char>(len & 0xff);
+    bool ok = std::fwrite(pre, 1, prefix, f) == prefix &&
+              std::fwrite(header.data(), 1, header.size(), f) == header.size();
+    if (n)
+      ok = ok && std::fwrite(data, sizeof(T), static_cast<std::size_t>(n), f) == static_cast<std::size_t>(n);
     return ok;
   });
 }

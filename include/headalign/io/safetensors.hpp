@@ -42,17 +42,21 @@ inline std::size_t dtype_size(Dtype dtype) {
     case Dtype::U8:
     case Dtype::I8:
     case Dtype::F8_E4M3:
-    case Dtype::F8_E5M2: return 1;
+    case Dtype::F8_E5M2:
+      return 1;
     case Dtype::F16:
     case Dtype::BF16:
     case Dtype::U16:
-    case Dtype::I16: return 2;
+    case Dtype::I16:
+      return 2;
     case Dtype::F32:
     case Dtype::U32:
-    case Dtype::I32: return 4;
+    case Dtype::I32:
+      return 4;
     case Dtype::F64:
     case Dtype::U64:
-    case Dtype::I64: return 8;
+    case Dtype::I64:
+      return 8;
   }
   return 0;
 }
@@ -63,11 +67,11 @@ struct DtypeName {
   const char* name;
 };
 inline const DtypeName* dtype_names() {
-  static const DtypeName names[] = {{Dtype::F16, "F16"},   {Dtype::BF16, "BF16"},       {Dtype::F32, "F32"},
-                                    {Dtype::F64, "F64"},   {Dtype::BOOL, "BOOL"},       {Dtype::U8, "U8"},
-                                    {Dtype::I8, "I8"},     {Dtype::U16, "U16"},         {Dtype::I16, "I16"},
-                                    {Dtype::U32, "U32"},   {Dtype::I32, "I32"},         {Dtype::U64, "U64"},
-                                    {Dtype::I64, "I64"},   {Dtype::F8_E4M3, "F8_E4M3"}, {Dtype::F8_E5M2, "F8_E5M2"}};
+  static const DtypeName names[] = {
+      {Dtype::F16, "F16"},   {Dtype::BF16, "BF16"},       {Dtype::F32, "F32"},        {Dtype::F64, "F64"},
+      {Dtype::BOOL, "BOOL"}, {Dtype::U8, "U8"},           {Dtype::I8, "I8"},          {Dtype::U16, "U16"},
+      {Dtype::I16, "I16"},   {Dtype::U32, "U32"},         {Dtype::I32, "I32"},        {Dtype::U64, "U64"},
+      {Dtype::I64, "I64"},   {Dtype::F8_E4M3, "F8_E4M3"}, {Dtype::F8_E5M2, "F8_E5M2"}};
   return names;
 }
 constexpr int kDtypeCount = 15;
@@ -164,7 +168,8 @@ void convert(Dtype dtype, const unsigned char* src, std::size_t count, T* dst) {
         dst[i] = static_cast<T>(f);
         break;
       }
-      default: return;  // callers check is_float() first
+      default:
+        return;  // callers check is_float() first
     }
   }
 }
@@ -175,9 +180,10 @@ inline std::uint16_t float_to_half(float f) {
   std::memcpy(&x, &f, 4);
   const std::uint16_t sign = static_cast<std::uint16_t>((x >> 16) & 0x8000u);
   const std::uint32_t abs = x & 0x7fffffffu;
-  if (abs >= 0x7f800000u) return static_cast<std::uint16_t>(sign | 0x7c00u | (abs > 0x7f800000u ? 0x200u : 0u));
+  if (abs >= 0x7f800000u)
+    return static_cast<std::uint16_t>(sign | 0x7c00u | (abs > 0x7f800000u ? 0x200u : 0u));
   if (abs >= 0x477ff000u) return static_cast<std::uint16_t>(sign | 0x7c00u);  // rounds past 65504
-  if (abs < 0x38800000u) {  // subnormal half (or zero): value / 2^-24, rounded to even
+  if (abs < 0x38800000u) {               // subnormal half (or zero): value / 2^-24, rounded to even
     if (abs < 0x33000000u) return sign;  // below half the smallest subnormal
     const std::uint32_t mant = (abs & 0x7fffffu) | 0x800000u;
     const int shift = 126 - static_cast<int>(abs >> 23);  // 14 … 24
@@ -224,7 +230,9 @@ void convert_to(Dtype dtype, const T* src, std::size_t count, unsigned char* dst
         std::memcpy(p, &f, 8);
         break;
       }
-      default: ::headalign::detail::throw_invalid_argument(std::string("cannot convert values to dtype ") + dtype_name(dtype));
+      default:
+        ::headalign::detail::throw_invalid_argument(std::string("cannot convert values to dtype ") +
+                                                    dtype_name(dtype));
     }
   }
 }
@@ -291,7 +299,8 @@ class SafetensorsReader {
   explicit SafetensorsReader(const std::string& path, std::uint64_t max_header_bytes = 100u << 20,
                              bool memory_map = true)
       : path_(path), in_(path, std::ios::binary) {
-    if (!detail::little_endian()) ::headalign::detail::throw_io_error("safetensors I/O needs a little-endian host");
+    if (!detail::little_endian())
+      ::headalign::detail::throw_io_error("safetensors I/O needs a little-endian host");
     if (!in_) fail("cannot open file");
     in_.seekg(0, std::ios::end);
     const auto size = static_cast<std::int64_t>(in_.tellg());
@@ -302,7 +311,8 @@ class SafetensorsReader {
     std::uint64_t header_len = 0;
     for (int i = 7; i >= 0; --i) header_len = (header_len << 8) | len_bytes[i];
     if (header_len > max_header_bytes)
-      fail("header length " + std::to_string(header_len) + " exceeds the limit of " + std::to_string(max_header_bytes));
+      fail("header length " + std::to_string(header_len) + " exceeds the limit of " +
+           std::to_string(max_header_bytes));
     if (header_len > static_cast<std::uint64_t>(size) - 8)
       fail("header length " + std::to_string(header_len) + " runs past the end of the file (" +
            std::to_string(size) + " bytes)");
@@ -344,14 +354,16 @@ class SafetensorsReader {
   void read(const std::string& name, std::uint64_t first, std::uint64_t count, T* out) {
     const TensorInfo& t = info(name);
     if (!is_float(t.dtype))
-      fail("tensor '" + name + "' has dtype " + dtype_name(t.dtype) + ", not a floating type (F16, BF16, F32, F64)");
+      fail("tensor '" + name + "' has dtype " + dtype_name(t.dtype) +
+           ", not a floating type (F16, BF16, F32, F64)");
     if (first > t.numel() || count > t.numel() - first)
-      fail("read of elements [" + std::to_string(first) + ", " + std::to_string(first + count) + ") of '" + name +
-           "' past its " + std::to_string(t.numel()) + " elements");
+      fail("read of elements [" + std::to_string(first) + ", " + std::to_string(first + count) + ") of '" +
+           name + "' past its " + std::to_string(t.numel()) + " elements");
     const std::size_t es = dtype_size(t.dtype);
     if (map_) {
       check_size(name);
-      detail::convert(t.dtype, map_ + data_start_ + t.begin + first * es, static_cast<std::size_t>(count), out);
+      detail::convert(t.dtype, map_ + data_start_ + t.begin + first * es, static_cast<std::size_t>(count),
+                      out);
       release(data_start_ + t.begin + first * es, count * es);
       return;
     }
@@ -388,8 +400,9 @@ class SafetensorsReader {
   /// Names of the tensors in the order of their data in the file.
   std::vector<std::string> names_in_file_order() const {
     std::vector<std::string> out = names();
-    std::sort(out.begin(), out.end(),
-              [&](const std::string& a, const std::string& b) { return tensors_.at(a).begin < tensors_.at(b).begin; });
+    std::sort(out.begin(), out.end(), [&](const std::string& a, const std::string& b) {
+      return tensors_.at(a).begin < tensors_.at(b).begin;
+    });
     return out;
   }
 
@@ -436,9 +449,11 @@ class SafetensorsReader {
       if (!v["shape"].is_array()) fail("shape of '" + name + "' is not an array");
       std::uint64_t numel = 1;
       for (const auto& s : v["shape"]) {
-        if (!s.is_number_integer() || s.get<std::int64_t>() < 0) fail("shape of '" + name + "' has a negative or non-integer entry");
+        if (!s.is_number_integer() || s.get<std::int64_t>() < 0)
+          fail("shape of '" + name + "' has a negative or non-integer entry");
         const auto e = static_cast<std::uint64_t>(s.get<std::int64_t>());
-        if (e != 0 && numel > std::numeric_limits<std::uint64_t>::max() / e / 8) fail("shape of '" + name + "' overflows");
+        if (e != 0 && numel > std::numeric_limits<std::uint64_t>::max() / e / 8)
+          fail("shape of '" + name + "' overflows");
         numel *= e;
         t.shape.push_back(static_cast<std::int64_t>(e));
       }
@@ -451,25 +466,28 @@ class SafetensorsReader {
         fail("data_offsets [" + std::to_string(t.begin) + ", " + std::to_string(t.end) + "] of '" + name +
              "' lie outside the " + std::to_string(data_size_) + "-byte data buffer (truncated file?)");
       if (t.end - t.begin != numel * dtype_size(t.dtype))
-        fail("tensor '" + name + "' spans " + std::to_string(t.end - t.begin) + " bytes but its shape and dtype need " +
-             std::to_string(numel * dtype_size(t.dtype)));
+        fail("tensor '" + name + "' spans " + std::to_string(t.end - t.begin) +
+             " bytes but its shape and dtype need " + std::to_string(numel * dtype_size(t.dtype)));
       ranges.emplace_back(t.begin, t.end);
       tensors_.emplace(name, std::move(t));
     }
     std::sort(ranges.begin(), ranges.end());
     std::uint64_t pos = 0;
     for (const auto& r : ranges) {
-      if (r.first != pos) fail("tensor data overlap or leave a hole at byte " + std::to_string(std::min(pos, r.first)));
+      if (r.first != pos)
+        fail("tensor data overlap or leave a hole at byte " + std::to_string(std::min(pos, r.first)));
       pos = r.second;
     }
     if (pos != data_size_)
-      fail("data buffer has " + std::to_string(data_size_) + " bytes but the tensors cover " + std::to_string(pos));
+      fail("data buffer has " + std::to_string(data_size_) + " bytes but the tensors cover " +
+           std::to_string(pos));
   }
 
   void map(const std::string& path) {
     fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
     struct stat st {};
-    if (fd_ < 0 || ::fstat(fd_, &st) != 0 || static_cast<std::uint64_t>(st.st_size) != file_size_ || file_size_ == 0) {
+    if (fd_ < 0 || ::fstat(fd_, &st) != 0 || static_cast<std::uint64_t>(st.st_size) != file_size_ ||
+        file_size_ == 0) {
       unmap();
       return;  // the stream path remains
     }
@@ -494,7 +512,8 @@ class SafetensorsReader {
   void release(std::uint64_t begin, std::uint64_t bytes) const {
     const auto page = static_cast<std::uint64_t>(::sysconf(_SC_PAGESIZE));
     const std::uint64_t lo = (begin + page - 1) / page * page, hi = (begin + bytes) / page * page;
-    if (page > 0 && hi > lo) ::madvise(const_cast<unsigned char*>(map_) + lo, static_cast<std::size_t>(hi - lo), MADV_DONTNEED);
+    if (page > 0 && hi > lo)
+      ::madvise(const_cast<unsigned char*>(map_) + lo, static_cast<std::size_t>(hi - lo), MADV_DONTNEED);
   }
 
   // The mapped file must still be as long as when it was validated.
@@ -539,13 +558,14 @@ class SafetensorsWriter {
   }
 
   /// Adds a tensor from its stored bytes (bit-exact copy; any dtype).
-  void add_raw(const std::string& name, Dtype dtype, std::vector<std::int64_t> shape, std::vector<unsigned char> bytes) {
+  void add_raw(const std::string& name, Dtype dtype, std::vector<std::int64_t> shape,
+               std::vector<unsigned char> bytes) {
     HEADALIGN_CHECK(!name.empty() && name != "__metadata__", "invalid tensor name '" << name << "'");
     HEADALIGN_CHECK(entries_.count(name) == 0, "tensor '" << name << "' added twice");
     const std::uint64_t n = numel(name, shape);
     HEADALIGN_CHECK(bytes.size() == n * dtype_size(dtype), "tensor '" << name << "': " << bytes.size()
-                                                                            << " bytes for " << n << " elements of "
-                                                                            << dtype_name(dtype));
+                                                                      << " bytes for " << n << " elements of "
+                                                                      << dtype_name(dtype));
     entries_.emplace(name, Entry{dtype, std::move(shape), std::move(bytes)});
   }
 
@@ -560,7 +580,8 @@ class SafetensorsWriter {
 
   /// Writes the file. @throws io_error when it cannot be written (nothing is left behind then).
   void write(const std::string& path) const {
-    if (!detail::little_endian()) ::headalign::detail::throw_io_error("safetensors I/O needs a little-endian host");
+    if (!detail::little_endian())
+      ::headalign::detail::throw_io_error("safetensors I/O needs a little-endian host");
     nlohmann::json header = nlohmann::json::object();
     if (!metadata_.empty()) header["__metadata__"] = metadata_;
     std::uint64_t offset = 0;
@@ -578,7 +599,8 @@ class SafetensorsWriter {
       for (int i = 0; i < 8; ++i, n >>= 8) len[i] = static_cast<unsigned char>(n & 0xff);
       bool ok = std::fwrite(len, 1, 8, f) == 8 && std::fwrite(text.data(), 1, text.size(), f) == text.size();
       for (const auto& kv : entries_)
-        ok = ok && std::fwrite(kv.second.bytes.data(), 1, kv.second.bytes.size(), f) == kv.second.bytes.size();
+        ok =
+            ok && std::fwrite(kv.second.bytes.data(), 1, kv.second.bytes.size(), f) == kv.second.bytes.size();
       return ok;
     });
   }

@@ -74,16 +74,16 @@ constexpr cudaDataType_t data_type() {
 
 /// C_b = op(A_b) op(B_b) for @p count d × d matrices at stride d² (cublasGemmStridedBatchedEx).
 template <class S>
-void gemm_batched(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int d, const S* a, const S* b, S* c,
-                  int count, bool tf32) {
+void gemm_batched(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int d, const S* a, const S* b,
+                  S* c, int count, bool tf32) {
   const S one = 1, zero = 0;
   const long long stride = static_cast<long long>(d) * d;
   const cublasComputeType_t compute = std::is_same<S, double>::value ? CUBLAS_COMPUTE_64F
-                                      : tf32                          ? CUBLAS_COMPUTE_32F_FAST_TF32
-                                                                      : CUBLAS_COMPUTE_32F;
-  HEADALIGN_CUDA_TRY(cublasGemmStridedBatchedEx(h, ta, tb, d, d, d, &one, a, data_type<S>(), d, stride, b, data_type<S>(), d,
-                                                stride, &zero, c, data_type<S>(), d, stride, count, compute,
-                                                CUBLAS_GEMM_DEFAULT));
+                                      : tf32                         ? CUBLAS_COMPUTE_32F_FAST_TF32
+                                                                     : CUBLAS_COMPUTE_32F;
+  HEADALIGN_CUDA_TRY(cublasGemmStridedBatchedEx(h, ta, tb, d, d, d, &one, a, data_type<S>(), d, stride, b,
+                                                data_type<S>(), d, stride, &zero, c, data_type<S>(), d,
+                                                stride, count, compute, CUBLAS_GEMM_DEFAULT));
 }
 
 /// Blocks for a grid-stride loop over @p n elements.

@@ -27,13 +27,16 @@ __global__ void scaled_start(BatchRef<const S> m, Index first, S* x, Index d) {
   double largest = 0, nonfinite = 0;
   for (Index i = threadIdx.x; i < n; i += blockDim.x) {
     const double v = static_cast<double>(a[i]);
-    if (!isfinite(v)) nonfinite = 1;
-    else largest = fmax(largest, fabs(v));
+    if (!isfinite(v))
+      nonfinite = 1;
+    else
+      largest = fmax(largest, fabs(v));
   }
   nonfinite = block_reduce(nonfinite, MaxOp{}, 0.0);
   largest = block_reduce(largest, MaxOp{}, 0.0);
   if (nonfinite > 0 || largest == 0) {
-    for (Index i = threadIdx.x; i < n; i += blockDim.x) xb[i] = (nonfinite == 0 && i % (d + 1) == 0) ? S(1) : S(0);
+    for (Index i = threadIdx.x; i < n; i += blockDim.x)
+      xb[i] = (nonfinite == 0 && i % (d + 1) == 0) ? S(1) : S(0);
     return;
   }
   double squares = 0;
@@ -42,7 +45,8 @@ __global__ void scaled_start(BatchRef<const S> m, Index first, S* x, Index d) {
     squares += v * v;
   }
   const double norm = sqrt(block_reduce(squares, SumOp{}, 0.0));
-  for (Index i = threadIdx.x; i < n; i += blockDim.x) xb[i] = static_cast<S>(static_cast<double>(a[i]) / largest / norm);
+  for (Index i = threadIdx.x; i < n; i += blockDim.x)
+    xb[i] = static_cast<S>(static_cast<double>(a[i]) / largest / norm);
 }
 
 /// err[b] = ‖P_b − I‖_F and, when q is set, Q_b = a·I − c·P_b (in place when q == p).
@@ -103,7 +107,8 @@ __global__ void finish(const S* x, BatchRef<S> r, BatchRef<const S> m, S* scores
 /// RoPE rotations in closed form: X_b block-diagonal per plane (identity elsewhere), and the
 /// non-rotary block M[r:, r:] copied to rest_b (when r < d).
 template <class S>
-__global__ void rope_rotations(BatchRef<const S> m, Index first, S* x, Index d, Index rd, bool interleaved, S* rest) {
+__global__ void rope_rotations(BatchRef<const S> m, Index first, S* x, Index d, Index rd, bool interleaved,
+                               S* rest) {
   const Index b = blockIdx.x, n = d * d, half = rd / 2, k = d - rd;
   const S* a = m(first + b);
   S* xb = x + b * n;
@@ -165,37 +170,45 @@ struct GesvdjParams {
   ~GesvdjParams() { cusolverDnDestroyGesvdjInfo(info); }
 };
 
-inline cusolverStatus_t cusolver_gesvdj_size(cusolverDnHandle_t h, int d, const float* a, const float* s, const float* u,
-                                    const float* v, int* lwork, gesvdjInfo_t p) {
+inline cusolverStatus_t cusolver_gesvdj_size(cusolverDnHandle_t h, int d, const float* a, const float* s,
+                                             const float* u, const float* v, int* lwork, gesvdjInfo_t p) {
   return cusolverDnSgesvdj_bufferSize(h, CUSOLVER_EIG_MODE_VECTOR, 0, d, d, a, d, s, u, d, v, d, lwork, p);
 }
-inline cusolverStatus_t cusolver_gesvdj_size(cusolverDnHandle_t h, int d, const double* a, const double* s, const double* u,
-                                    const double* v, int* lwork, gesvdjInfo_t p) {
+inline cusolverStatus_t cusolver_gesvdj_size(cusolverDnHandle_t h, int d, const double* a, const double* s,
+                                             const double* u, const double* v, int* lwork, gesvdjInfo_t p) {
   return cusolverDnDgesvdj_bufferSize(h, CUSOLVER_EIG_MODE_VECTOR, 0, d, d, a, d, s, u, d, v, d, lwork, p);
 }
-inline cusolverStatus_t cusolver_gesvdj(cusolverDnHandle_t h, int d, float* a, float* s, float* u, float* v, float* w, int lwork,
-                               int* info, gesvdjInfo_t p) {
+inline cusolverStatus_t cusolver_gesvdj(cusolverDnHandle_t h, int d, float* a, float* s, float* u, float* v,
+                                        float* w, int lwork, int* info, gesvdjInfo_t p) {
   return cusolverDnSgesvdj(h, CUSOLVER_EIG_MODE_VECTOR, 0, d, d, a, d, s, u, d, v, d, w, lwork, info, p);
 }
-inline cusolverStatus_t cusolver_gesvdj(cusolverDnHandle_t h, int d, double* a, double* s, double* u, double* v, double* w,
-                               int lwork, int* info, gesvdjInfo_t p) {
+inline cusolverStatus_t cusolver_gesvdj(cusolverDnHandle_t h, int d, double* a, double* s, double* u,
+                                        double* v, double* w, int lwork, int* info, gesvdjInfo_t p) {
   return cusolverDnDgesvdj(h, CUSOLVER_EIG_MODE_VECTOR, 0, d, d, a, d, s, u, d, v, d, w, lwork, info, p);
 }
-inline cusolverStatus_t cusolver_gesvdj_batched_size(cusolverDnHandle_t h, int d, const float* a, const float* s,
-                                            const float* u, const float* v, int* lwork, gesvdjInfo_t p, int count) {
-  return cusolverDnSgesvdjBatched_bufferSize(h, CUSOLVER_EIG_MODE_VECTOR, d, d, a, d, s, u, d, v, d, lwork, p, count);
+inline cusolverStatus_t cusolver_gesvdj_batched_size(cusolverDnHandle_t h, int d, const float* a,
+                                                     const float* s, const float* u, const float* v,
+                                                     int* lwork, gesvdjInfo_t p, int count) {
+  return cusolverDnSgesvdjBatched_bufferSize(h, CUSOLVER_EIG_MODE_VECTOR, d, d, a, d, s, u, d, v, d, lwork, p,
+                                             count);
 }
-inline cusolverStatus_t cusolver_gesvdj_batched_size(cusolverDnHandle_t h, int d, const double* a, const double* s,
-                                            const double* u, const double* v, int* lwork, gesvdjInfo_t p, int count) {
-  return cusolverDnDgesvdjBatched_bufferSize(h, CUSOLVER_EIG_MODE_VECTOR, d, d, a, d, s, u, d, v, d, lwork, p, count);
+inline cusolverStatus_t cusolver_gesvdj_batched_size(cusolverDnHandle_t h, int d, const double* a,
+                                                     const double* s, const double* u, const double* v,
+                                                     int* lwork, gesvdjInfo_t p, int count) {
+  return cusolverDnDgesvdjBatched_bufferSize(h, CUSOLVER_EIG_MODE_VECTOR, d, d, a, d, s, u, d, v, d, lwork, p,
+                                             count);
 }
-inline cusolverStatus_t cusolver_gesvdj_batched(cusolverDnHandle_t h, int d, float* a, float* s, float* u, float* v, float* w,
-                                       int lwork, int* info, gesvdjInfo_t p, int count) {
-  return cusolverDnSgesvdjBatched(h, CUSOLVER_EIG_MODE_VECTOR, d, d, a, d, s, u, d, v, d, w, lwork, info, p, count);
+inline cusolverStatus_t cusolver_gesvdj_batched(cusolverDnHandle_t h, int d, float* a, float* s, float* u,
+                                                float* v, float* w, int lwork, int* info, gesvdjInfo_t p,
+                                                int count) {
+  return cusolverDnSgesvdjBatched(h, CUSOLVER_EIG_MODE_VECTOR, d, d, a, d, s, u, d, v, d, w, lwork, info, p,
+                                  count);
 }
-inline cusolverStatus_t cusolver_gesvdj_batched(cusolverDnHandle_t h, int d, double* a, double* s, double* u, double* v,
-                                       double* w, int lwork, int* info, gesvdjInfo_t p, int count) {
-  return cusolverDnDgesvdjBatched(h, CUSOLVER_EIG_MODE_VECTOR, d, d, a, d, s, u, d, v, d, w, lwork, info, p, count);
+inline cusolverStatus_t cusolver_gesvdj_batched(cusolverDnHandle_t h, int d, double* a, double* s, double* u,
+                                                double* v, double* w, int lwork, int* info, gesvdjInfo_t p,
+                                                int count) {
+  return cusolverDnDgesvdjBatched(h, CUSOLVER_EIG_MODE_VECTOR, d, d, a, d, s, u, d, v, d, w, lwork, info, p,
+                                  count);
 }
 
 /// One pass over matrices [first, first + count): fills X (count d × d at stride d²) with the
@@ -206,15 +219,25 @@ class Pass {
  public:
   Pass(Context& context, BatchRef<const S> m, Index d, Index first, Index count, cudaStream_t stream,
        const PolarOptions& o, int* info, PolarReport& report)
-      : ctx_(context), m_(m), d_(d), first_(first), count_(count), stream_(stream), o_(o), info_(info),
-        report_(report), n_(static_cast<std::size_t>(d) * static_cast<std::size_t>(d)),
+      : ctx_(context),
+        m_(m),
+        d_(d),
+        first_(first),
+        count_(count),
+        stream_(stream),
+        o_(o),
+        info_(info),
+        report_(report),
+        n_(static_cast<std::size_t>(d) * static_cast<std::size_t>(d)),
         x_(n_ * static_cast<std::size_t>(count), stream) {}
 
   S* x() { return x_.data(); }
 
-  /// Scaled Newton–Schulz on the pass's matrices. Returns per-matrix ‖XᵀX − I‖_F measured before the last step (empty without verify).
+  /// Scaled Newton–Schulz on the pass's matrices. Returns per-matrix ‖XᵀX − I‖_F measured before the last
+  /// step (empty without verify).
   std::vector<double> newton_schulz() {
-    DeviceBuffer<S> y(n_ * static_cast<std::size_t>(count_), stream_), p(n_ * static_cast<std::size_t>(count_), stream_);
+    DeviceBuffer<S> y(n_ * static_cast<std::size_t>(count_), stream_),
+        p(n_ * static_cast<std::size_t>(count_), stream_);
     DeviceBuffer<double> err(static_cast<std::size_t>(count_), stream_);
     const unsigned blocks = static_cast<unsigned>(count_);
     scaled_start<S><<<blocks, kThreads, 0, stream_>>>(m_, first_, x_.data(), d_);
@@ -226,8 +249,9 @@ class Pass {
     int steps = 0;
     auto step = [&](double alpha, bool tf32) {
       gemm_batched<S>(h, CUBLAS_OP_T, CUBLAS_OP_N, d, xs, xs, p.data(), c, tf32);  // P = XᵀX
-      newton_schulz_update<S><<<blocks, kThreads, 0, stream_>>>(p.data(), p.data(), d_, static_cast<S>(1.5 * alpha),
-                                                                static_cast<S>(0.5 * alpha * alpha * alpha), err.data());
+      newton_schulz_update<S>
+          <<<blocks, kThreads, 0, stream_>>>(p.data(), p.data(), d_, static_cast<S>(1.5 * alpha),
+                                             static_cast<S>(0.5 * alpha * alpha * alpha), err.data());
       HEADALIGN_CUDA_CHECK_LAUNCH("newton_schulz_update");
       gemm_batched<S>(h, CUBLAS_OP_N, CUBLAS_OP_N, d, xs, p.data(), ys, c, tf32);  // Y = X (aI − bP)
       std::swap(xs, ys);
@@ -246,7 +270,7 @@ class Pass {
       do {
         step(1.0, false);
         errors = to_host(err.data(), count_, stream_);
-      } while (steps < limit && *std::max_element(errors.begin(), errors.end()) > o_.tolerance);
+      } while (steps<limit&& * std::max_element(errors.begin(), errors.end())> o_.tolerance);
     }
     if (xs != x_.data())
       HEADALIGN_CUDA_TRY(cudaMemcpyAsync(x_.data(), xs, sizeof(S) * n_ * static_cast<std::size_t>(count_),
@@ -265,15 +289,16 @@ class Pass {
     cublasHandle_t h = ctx_.blas(stream_);
     const int d = static_cast<int>(d_);
     int lwork = 0;
-    HEADALIGN_CUDA_TRY(cusolver_gesvdj_size(solver, d, a.data(), s.data(), u.data(), v.data(), &lwork, params.info));
+    HEADALIGN_CUDA_TRY(
+        cusolver_gesvdj_size(solver, d, a.data(), s.data(), u.data(), v.data(), &lwork, params.info));
     DeviceBuffer<S> work(static_cast<std::size_t>(std::max(lwork, 1)), stream_);
     for (Index b : which) {
       gather<S><<<1, kThreads, 0, stream_>>>(m_, first_ + b, a.data(), d_, nullptr);
       HEADALIGN_CUDA_CHECK_LAUNCH("gather");
-      HEADALIGN_CUDA_TRY(cusolver_gesvdj(solver, d, a.data(), s.data(), u.data(), v.data(), work.data(), lwork,
-                                info_ + first_ + b, params.info));
-      gemm_batched<S>(h, CUBLAS_OP_N, CUBLAS_OP_T, d, u.data(), v.data(), x_.data() + static_cast<std::size_t>(b) * n_, 1,
-                      false);
+      HEADALIGN_CUDA_TRY(cusolver_gesvdj(solver, d, a.data(), s.data(), u.data(), v.data(), work.data(),
+                                         lwork, info_ + first_ + b, params.info));
+      gemm_batched<S>(h, CUBLAS_OP_N, CUBLAS_OP_T, d, u.data(), v.data(),
+                      x_.data() + static_cast<std::size_t>(b) * n_, 1, false);
     }
   }
 
@@ -289,10 +314,11 @@ class Pass {
     cusolverDnHandle_t solver = ctx_.solver(stream_);
     const int d = static_cast<int>(d_), c = static_cast<int>(count_);
     int lwork = 0;
-    HEADALIGN_CUDA_TRY(cusolver_gesvdj_batched_size(solver, d, a.data(), s.data(), u.data(), v.data(), &lwork, params.info, c));
+    HEADALIGN_CUDA_TRY(cusolver_gesvdj_batched_size(solver, d, a.data(), s.data(), u.data(), v.data(), &lwork,
+                                                    params.info, c));
     DeviceBuffer<S> work(static_cast<std::size_t>(std::max(lwork, 1)), stream_);
-    HEADALIGN_CUDA_TRY(cusolver_gesvdj_batched(solver, d, a.data(), s.data(), u.data(), v.data(), work.data(), lwork, info_ + first_,
-                                      params.info, c));
+    HEADALIGN_CUDA_TRY(cusolver_gesvdj_batched(solver, d, a.data(), s.data(), u.data(), v.data(), work.data(),
+                                               lwork, info_ + first_, params.info, c));
     gemm_batched<S>(ctx_.blas(stream_), CUBLAS_OP_N, CUBLAS_OP_T, d, u.data(), v.data(), x_.data(), c, false);
   }
 
@@ -321,10 +347,10 @@ class Pass {
   std::vector<double> orthogonality_errors() {
     DeviceBuffer<S> p(n_ * static_cast<std::size_t>(count_), stream_);
     DeviceBuffer<double> err(static_cast<std::size_t>(count_), stream_);
-    gemm_batched<S>(ctx_.blas(stream_), CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(d_), x_.data(), x_.data(), p.data(),
-                    static_cast<int>(count_), false);
-    newton_schulz_update<S><<<static_cast<unsigned>(count_), kThreads, 0, stream_>>>(p.data(), nullptr, d_, S(0), S(0),
-                                                                                    err.data());
+    gemm_batched<S>(ctx_.blas(stream_), CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(d_), x_.data(), x_.data(),
+                    p.data(), static_cast<int>(count_), false);
+    newton_schulz_update<S><<<static_cast<unsigned>(count_), kThreads, 0, stream_>>>(p.data(), nullptr, d_,
+                                                                                     S(0), S(0), err.data());
     HEADALIGN_CUDA_CHECK_LAUNCH("newton_schulz_update");
     return to_host(err.data(), count_, stream_);
   }
@@ -360,8 +386,9 @@ PolarReport run_batched(Context& context, BatchRef<const S> m, BatchRef<S> r, S*
   const std::size_t n = static_cast<std::size_t>(d) * static_cast<std::size_t>(d);
   // X, Y, P (NewtonSchulz) or X, A, U, V (gesvdjBatched): four d × d matrices per matrix at most.
   const std::size_t per_matrix = 4 * n * sizeof(S);
-  const Index chunk = std::max<Index>(1, std::min<Index>({batch, static_cast<Index>(o.scratch_bytes / per_matrix),
-                                                          Index(std::numeric_limits<int>::max() / 4)}));
+  const Index chunk =
+      std::max<Index>(1, std::min<Index>({batch, static_cast<Index>(o.scratch_bytes / per_matrix),
+                                          Index(std::numeric_limits<int>::max() / 4)}));
   DeviceBuffer<int> info(static_cast<std::size_t>(batch), stream);
   HEADALIGN_CUDA_TRY(cudaMemsetAsync(info.data(), 0, sizeof(int) * static_cast<std::size_t>(batch), stream));
   const bool gesvdj = o.method == PolarMethod::GesvdjLoop || o.method == PolarMethod::GesvdjBatched;
@@ -415,7 +442,8 @@ PolarReport run_batched(Context& context, BatchRef<const S> m, BatchRef<S> r, S*
       } else if (!missed.empty()) {
         report.converged = false;
       }
-      for (double e : pass.orthogonality_errors()) report.max_orthogonality_error = std::max(report.max_orthogonality_error, e);
+      for (double e : pass.orthogonality_errors())
+        report.max_orthogonality_error = std::max(report.max_orthogonality_error, e);
     }
     pass.finish_to(r, scores);
   }
@@ -426,19 +454,21 @@ PolarReport run_batched(Context& context, BatchRef<const S> m, BatchRef<S> r, S*
 }  // namespace detail
 
 template <class S>
-PolarReport procrustes_batched(Context& context, const S* m, S* r, S* scores, Index d, Index batch, cudaStream_t stream,
-                               const PolarOptions& options) {
-  static_assert(std::is_same<S, float>::value || std::is_same<S, double>::value, "headalign: float or double matrices");
-  return detail::run_batched<S>(context, detail::BatchRef<const S>{m, d * d, nullptr}, detail::BatchRef<S>{r, d * d, nullptr},
-                                scores, d, batch, stream, options);
+PolarReport procrustes_batched(Context& context, const S* m, S* r, S* scores, Index d, Index batch,
+                               cudaStream_t stream, const PolarOptions& options) {
+  static_assert(std::is_same<S, float>::value || std::is_same<S, double>::value,
+                "headalign: float or double matrices");
+  return detail::run_batched<S>(context, detail::BatchRef<const S>{m, d * d, nullptr},
+                                detail::BatchRef<S>{r, d * d, nullptr}, scores, d, batch, stream, options);
 }
 
 template <class S>
-PolarReport procrustes_batched(Context& context, const S* const* m, S* const* r, S* scores, Index d, Index batch,
-                               cudaStream_t stream, const PolarOptions& options) {
-  static_assert(std::is_same<S, float>::value || std::is_same<S, double>::value, "headalign: float or double matrices");
-  return detail::run_batched<S>(context, detail::BatchRef<const S>{nullptr, 0, m}, detail::BatchRef<S>{nullptr, 0, r},
-                                scores, d, batch, stream, options);
+PolarReport procrustes_batched(Context& context, const S* const* m, S* const* r, S* scores, Index d,
+                               Index batch, cudaStream_t stream, const PolarOptions& options) {
+  static_assert(std::is_same<S, float>::value || std::is_same<S, double>::value,
+                "headalign: float or double matrices");
+  return detail::run_batched<S>(context, detail::BatchRef<const S>{nullptr, 0, m},
+                                detail::BatchRef<S>{nullptr, 0, r}, scores, d, batch, stream, options);
 }
 
 }  // namespace cuda
