@@ -21,10 +21,10 @@ struct PlaneRotation {
   S score;  ///< tr(Rᵀ m) = hypot(m00 + m11, m10 − m01)
 };
 
-/// @brief Closed-form Procrustes of one RoPE plane (DESIGN.md): for the 2×2 block m of M on the
-/// plane (a, b), \f$ θ = \mathrm{atan2}(m_{10} - m_{01}, m_{00} + m_{11}) \f$ maximises
-/// tr(R(θ)ᵀ m), with score \f$ \mathrm{hypot}(m_{00}+m_{11}, m_{10}-m_{01}) \f$. The sums are taken of
-/// halves so that finite entries near the largest float cannot overflow; a zero block gives θ = 0.
+/// @brief Closed-form Procrustes of one RoPE plane (procrustes.hpp, Alignment::Rope): for the 2×2 block m of
+/// M on the plane (a, b), \f$ θ = \mathrm{atan2}(m_{10} - m_{01}, m_{00} + m_{11}) \f$ maximises tr(R(θ)ᵀ m),
+/// with score \f$ \mathrm{hypot}(m_{00}+m_{11}, m_{10}-m_{01}) \f$. The sums are taken of halves so that
+/// finite entries near the largest float cannot overflow; a zero block gives θ = 0.
 template <class S>
 HEADALIGN_HD inline PlaneRotation<S> rope_plane(S m00, S m01, S m10, S m11) {
   const S c0 = m00 / S(2) + m11 / S(2), s0 = m10 / S(2) - m01 / S(2);
