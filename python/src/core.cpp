@@ -297,6 +297,7 @@ double reduce(const Array& a, const char* what, F&& f) {
   });
 }
 
+/// HardConcrete and the textbook gates (Louizos et al. 2018).
 void bind_hard_concrete(nb::module_& m) {
   nb::class_<HardConcrete>(
       m, "HardConcrete",
@@ -355,7 +356,10 @@ void bind_hard_concrete(nb::module_& m) {
       },
       "log_alpha"_a, "uniform"_a, "hc"_a = hc_default,
       "d z / d log α of sample_gates (0 where the gate is clipped).");
+}
 
+/// ReferenceGates and the reference implementation's gate functions.
+void bind_reference_gates(nb::module_& m) {
   nb::class_<ReferenceGates>(
       m, "ReferenceGates",
       "The reference implementation's gate parametrisation (constants of arXiv 2412.20677's code):\n"
@@ -732,6 +736,7 @@ NB_MODULE(_core, m) {
   bind_head_moments(m);
   bind_grouping(m);
   bind_hard_concrete(m);
+  bind_reference_gates(m);
   bind_pipeline(m);
   bind_checkpoint(m);
 }
